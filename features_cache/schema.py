@@ -1,0 +1,96 @@
+"""The HDF5 layout shared by the writer and the reader: one place owns every name.
+
+A cache file holds one row per image in these datasets (all of length N):
+
+- ``features``       (N, h, w, c) float16 or float32, the backbone's output
+- ``labels``         (N,) int32, index into ``class_names``
+- ``class_names``    (C,) UTF-8 strings, sorted
+- ``paths``          (N,) UTF-8 paths relative to the data root, sorted
+- ``split``          (N,) "train", "val", "test" or "" where the data had no split
+- ``content_hash``   (N,) BLAKE2b-128 hex digest of the file's bytes
+- ``file_size``      (N,) int64 bytes, and ``file_mtime_ns`` (N,) int64: the stat
+                     fingerprint that lets a re-run skip hashing unchanged files
+
+and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
+``file_mtime_ns`` for the files that could not be read. File attributes hold the
+:class:`Recipe` (everything that decides what the features are), its fingerprint,
+library versions and bookkeeping such as ``complete``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+FEATURES = "features"
+LABELS = "labels"
+CLASS_NAMES = "class_names"
+PATHS = "paths"
+SPLIT = "split"
+CONTENT_HASH = "content_hash"
+FILE_SIZE = "file_size"
+FILE_MTIME = "file_mtime_ns"
+SKIPPED = "skipped"
+REASONS = "reasons"
+
+ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
+
+SPLITS = ("train", "val", "test")
+CHUNK_TARGET_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that decides what a feature vector is; two caches mix only if equal."""
+
+    backbone: str
+    weights: str
+    weights_sha256: str
+    image_size: int
+    preprocessing: str
+    resize: str
+    interpolation: str
+    background: str
+    precision: str
+    storage_dtype: str
+
+    def fingerprint(self) -> str:
+        """A short hash of the recipe and schema version, used as the cache's identity."""
+        payload = json.dumps(
+            {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def differences(self, other: Recipe) -> list[str]:
+        """Human-readable ``field: ours != theirs`` for every field that differs."""
+        ours, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return [f"{key}: {theirs[key]} != {ours[key]}" for key in ours if ours[key] != theirs[key]]
+
+    def to_attrs(self) -> dict[str, object]:
+        return {f"recipe.{key}": value for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_attrs(cls, attrs) -> Recipe:
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = attrs[f"recipe.{field.name}"]
+            values[field.name] = int(value) if field.type == "int" else str(value)
+        return cls(**values)
+
+
+def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
+    """Whole images per HDF5 chunk, so one chunk is close to (at most) 1 MiB."""
+    per_image = itemsize
+    for dim in feature_shape:
+        per_image *= dim
+    return max(1, CHUNK_TARGET_BYTES // per_image)
+
+
+def journal_dir(cache_path: str | Path) -> Path:
+    """The folder where an unfinished run keeps its finished batches."""
+    cache_path = Path(cache_path)
+    return cache_path.with_name(cache_path.name + ".journal")

@@ -1,0 +1,240 @@
+"""The frozen backbone: a ``keras.applications`` model that takes raw uint8 RGB batches.
+
+Preprocessing runs inside the model, in float32, exactly once, with the backbone's own
+``preprocess_input`` convention; the output is cast to the cache's storage dtype on the
+device. That keeps host-to-device traffic at one byte per pixel and the same code path
+on the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """A ``keras.applications`` constructor and the facts needed to use and explain it."""
+
+    constructor: Callable[..., keras.Model]
+    preprocessing: str
+    weights_file: str
+    min_size: int = 32
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec(
+        keras.applications.VGG16, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "resnet50": BackboneSpec(
+        keras.applications.ResNet50, "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "mobilenetv2": BackboneSpec(
+        keras.applications.MobileNetV2, "tf", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    ),
+}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Preprocess(keras.layers.Layer):
+    """``keras.applications`` preprocessing as a layer: uint8 RGB in, float32 out.
+
+    ``caffe``: RGB to BGR, then subtract the ImageNet mean (VGG16, ResNet50);
+    ``tf``: scale to [-1, 1] (MobileNetV2); ``torch``: scale to [0, 1], then normalise.
+    """
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch"):
+            raise ValueError(f"mode must be 'caffe', 'tf' or 'torch'. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        x = keras.ops.cast(images, "float32")
+        if self.mode == "caffe":
+            return keras.ops.flip(x, axis=-1) - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, "float32")
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        mean = keras.ops.convert_to_tensor(TORCH_MEAN, "float32")
+        std = keras.ops.convert_to_tensor(TORCH_STD, "float32")
+        return (x / 255.0 - mean) / std
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class CastTo(keras.layers.Layer):
+    """Casts to a fixed dtype, bypassing the mixed-precision policy (used for the output)."""
+
+    def __init__(self, target: str, **kwargs) -> None:
+        super().__init__(autocast=False, **kwargs)
+        self.target = target
+
+    def call(self, x):
+        return keras.ops.cast(x, self.target)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "target": self.target}
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A built extractor and the facts that identify its features."""
+
+    name: str
+    model: keras.Model
+    weights: str
+    weights_sha256: str
+    preprocessing: str
+    precision: str
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.output_shape[1:])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Features of one fixed-shape uint8 batch, through the model's compiled predict step."""
+        return keras.ops.convert_to_numpy(self.model.predict_on_batch(images))
+
+
+def has_accelerator() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` is bfloat16 on a GPU or an AMX CPU (several times faster there), else float32.
+
+    Without AMX, bfloat16 on a CPU is emulated and no faster than float32, so float32
+    keeps the exact features at the same speed.
+    """
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if has_accelerator() or (keras.backend.backend() == "tensorflow" and cpu_has_amx()):
+        return "bfloat16"
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(DTYPE_POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """A hash of the weight values themselves: the same for the same weights, whatever the file."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _weights_help(name: str, spec: BackboneSpec) -> str:
+    target = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / spec.weights_file
+    return (
+        f"put {spec.weights_file} (from the keras-applications release on storage.googleapis.com) "
+        f"at {target}, or pass --weights /path/to/{spec.weights_file}"
+    )
+
+
+def _build_base(name: str, spec: BackboneSpec, weights: str, image_size: int, seed: int) -> tuple[keras.Model, str]:
+    """The bare ``include_top=False`` model and a description of where its weights came from."""
+    shape = (image_size, image_size, 3)
+    if weights == "imagenet":
+        try:
+            return spec.constructor(include_top=False, weights="imagenet", input_shape=shape), "imagenet"
+        except Exception as error:  # noqa: BLE001 - keras raises bare Exception on fetch failures
+            reason = str(error).splitlines()[0][:200]
+            raise PipelineError(f"cannot load the ImageNet weights for {name} ({reason}); {_weights_help(name, spec)}") from None
+    if weights == "none":
+        keras.utils.set_random_seed(seed)
+        return spec.constructor(include_top=False, weights=None, input_shape=shape), f"random(seed={seed})"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise PipelineError(
+            f"--weights {weights}: no such file; pass 'imagenet', 'none' or the path of a {name} weights .h5 file"
+        )
+    try:
+        return spec.constructor(include_top=False, weights=str(path), input_shape=shape), str(path.resolve())
+    except Exception as error:  # noqa: BLE001 - h5py and keras raise many kinds on a bad file
+        raise PipelineError(
+            f"--weights {path}: cannot load it into {name} include_top=False ({str(error).splitlines()[0][:200]}); "
+            f"pass a weights file saved from keras.applications.{spec.constructor.__name__}(include_top=False)"
+        ) from None
+
+
+def build_backbone(
+    name: str = "vgg16",
+    *,
+    weights: str = "imagenet",
+    image_size: int = 224,
+    precision: str = "auto",
+    storage_dtype: str = "float16",
+    seed: int = 0,
+) -> Backbone:
+    """A frozen extractor: uint8 (batch, size, size, 3) in, ``storage_dtype`` features out."""
+    if name not in BACKBONES:
+        raise PipelineError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    if image_size < spec.min_size:
+        raise PipelineError(f"--image-size {image_size} is too small for {name}; use at least {spec.min_size}")
+    precision = resolve_precision(precision)
+    with dtype_policy(precision):
+        base = _build_base(name, spec, weights, image_size, seed)
+    model, source = base
+    model.trainable = False
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
+    features = model(Preprocess(spec.preprocessing, name="preprocess")(inputs), training=False)
+    outputs = CastTo(storage_dtype, name="features")(features)
+    extractor = keras.Model(inputs, outputs, name=f"{name}_features")
+    return Backbone(
+        name=name,
+        model=extractor,
+        weights=source,
+        weights_sha256=weights_sha256(model),
+        preprocessing=spec.preprocessing,
+        precision=precision,
+    )

@@ -1,0 +1,63 @@
+"""``pipeline extract DATA --cache CACHE.h5``: stage one."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.errors import PipelineError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="run a frozen backbone over a folder of images into an HDF5 feature cache",
+        description="Extract CNN codes into an HDF5 cache. Re-runs only process new or changed images; "
+        "an interrupted run resumes where it stopped.",
+    )
+    parser.add_argument("data", help="folder of class folders (optionally under train/ val/ test/), or a path,label[,split] CSV")
+    parser.add_argument("--cache", required=True, help="the HDF5 file to create or update")
+    parser.add_argument("--backbone", default="vgg16", help="vgg16 (default), resnet50 or mobilenetv2")
+    parser.add_argument("--weights", default="imagenet", help="imagenet (default), none (seeded random, for tests) or a .h5 path")
+    parser.add_argument("--image-size", type=int, default=224, help="square input size (default 224: 7x7x512 for VGG16)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="compute precision; auto is bfloat16 on a GPU or an AMX CPU, else float32",
+    )
+    parser.add_argument("--storage", default="float16", choices=("float16", "float32"), help="dtype stored in the cache")
+    parser.add_argument("--resize", default="stretch", choices=("stretch", "crop"), help="stretch to the square (Keras default) or centre-crop")
+    parser.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic", "lanczos", "nearest", "area"))
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (decompression-bomb guard)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --weights none")
+    parser.add_argument("--force", action="store_true", help="rebuild a cache made with other settings")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.extract import ExtractOptions, run_extract
+    from pipeline.summary import print_extract_report
+
+    weights = "none" if args.weights.lower() in ("none", "random") else args.weights
+    if args.workers is not None and args.workers < 1:
+        raise PipelineError(f"--workers must be at least 1, got {args.workers}")
+    report = run_extract(
+        ExtractOptions(
+            data=args.data,
+            cache=args.cache,
+            backbone=args.backbone.lower(),
+            weights=weights,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            storage_dtype=args.storage,
+            resize=args.resize,
+            interpolation=args.interpolation,
+            max_pixels=args.max_pixels,
+            workers=args.workers,
+            seed=args.seed,
+            force=args.force,
+        )
+    )
+    print_extract_report(report)
+    return 0

@@ -1,0 +1,20 @@
+"""``pipeline info CACHE.h5``: what a cache holds and how it was made."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="show what a feature cache holds and how it was made")
+    parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from features_cache.reader import FeatureCache
+    from pipeline.summary import print_cache_info
+
+    with FeatureCache(args.cache) as cache:
+        print_cache_info(cache)
+    return 0

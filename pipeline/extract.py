@@ -1,0 +1,348 @@
+"""Stage one: images to a feature cache, incrementally, resumably, and never silently wrong.
+
+A run (1) finds the images, (2) decides per image whether the cache or an interrupted
+run's journal already holds its features (stat first, content hash only where size or
+mtime changed), (3) extracts the rest batch by batch into the journal, and (4) writes the
+new cache atomically and drops the journal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from features_cache import schema
+from features_cache.errors import CacheError
+from features_cache.journal import Journal
+from features_cache.lock import exclusive_writer
+from features_cache.reader import FeatureCache
+from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
+from features_cache.writer import FeatureSource, Row, write_cache
+from pipeline import progress
+from pipeline.backbones import Backbone, build_backbone
+from pipeline.errors import PipelineError
+from pipeline.images import BACKGROUND, ResizeSpec
+from pipeline.loader import LoadTask, iter_batches
+from pipeline.sources import Dataset, discover
+from pipeline.versions import library_versions
+
+STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    data: str
+    cache: str
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    precision: str = "auto"
+    storage_dtype: str = "float16"
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    max_pixels: int | None = None
+    workers: int | None = None
+    seed: int = 0
+    force: bool = False
+
+
+@dataclasses.dataclass
+class ExtractReport:
+    cache: Path
+    n_images: int
+    n_classes: int
+    extracted: int
+    kept: int
+    removed: int
+    skipped: list[SkippedFile]
+    seconds: float
+    extract_seconds: float
+    written: bool
+
+    @property
+    def images_per_second(self) -> float:
+        return self.extracted / self.extract_seconds if self.extract_seconds else 0.0
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Per image: where its features come from, or that it still needs extracting."""
+
+    ready: dict[str, tuple[FileRecord, FeatureSource]]
+    skipped: dict[str, SkippedFile]
+    todo: list[LoadTask]
+    removed: int
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_options(options: ExtractOptions) -> None:
+    if options.storage_dtype not in STORAGE_DTYPES:
+        raise PipelineError(f"unknown storage dtype {options.storage_dtype!r}; use float16 or float32")
+    if options.batch_size < 1:
+        raise PipelineError(f"--batch-size must be at least 1, got {options.batch_size}")
+    parent = Path(options.cache).resolve().parent
+    if not parent.is_dir():
+        raise PipelineError(f"{options.cache}: folder {parent} does not exist; create it or choose another --cache path")
+    if not os.access(parent, os.W_OK):
+        raise PipelineError(f"{options.cache}: folder {parent} is not writable; choose another --cache path")
+
+
+def _open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCache | None:
+    """The cache to build on, or None; refuse one made differently unless ``force``."""
+    path = Path(options.cache)
+    if not path.exists() or options.force:
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            complete = bool(f.attrs.get("complete", False))
+            theirs = schema.Recipe.from_attrs(f.attrs) if complete else None
+    except (OSError, KeyError):
+        raise PipelineError(f"{path}: exists but is not a feature cache; remove it or pass --force to overwrite it") from None
+    if theirs is None:
+        raise PipelineError(f"{path}: exists but is not a complete feature cache; pass --force to rebuild it")
+    if theirs != recipe:
+        raise PipelineError(
+            f"{path} was made with other settings ({'; '.join(recipe.differences(theirs))}); "
+            "use the same settings, another --cache, or --force to rebuild it"
+        )
+    return _open_ignoring_journal(path)
+
+
+def _open_ignoring_journal(path: Path) -> FeatureCache:
+    """Open the previous complete cache even though this run's journal sits beside it."""
+    journal_path = schema.journal_dir(path)
+    if not journal_path.is_dir():
+        return FeatureCache(path)
+    hidden = journal_path.with_name(journal_path.name + ".opening")
+    journal_path.rename(hidden)
+    try:
+        return FeatureCache(path)
+    finally:
+        hidden.rename(journal_path)
+
+
+def _check_journal(journal: Journal, recipe: schema.Recipe, force: bool) -> None:
+    if not journal.exists():
+        return
+    theirs = journal.recipe()
+    if theirs == recipe:
+        return
+    if force or theirs is None:
+        journal.remove()
+        return
+    raise PipelineError(
+        f"{journal.dir}: an interrupted run with other settings ({'; '.join(recipe.differences(theirs))}) "
+        "is pending; re-run with its settings to finish it, or pass --force to discard it"
+    )
+
+
+def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal) -> _Plan:
+    """Decide per image, reading file contents only where the stat fingerprint changed."""
+    journal_ready, journal_skipped = journal.contents() if journal.exists() else ({}, {})
+    old_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
+    old_skipped: dict[str, SkippedFile] = {}
+    if old is not None:
+        old_ready = {
+            record.path: (record, FeatureSource(str(old.path), index)) for index, record in enumerate(old.records())
+        }
+        old_skipped = {item.path: item for item in old.skipped()}
+    ready, skipped, todo = {}, {}, []
+    for entry in dataset.entries:
+        absolute = dataset.absolute(entry)
+        try:
+            stamp = FileStamp.of(absolute)
+        except OSError as error:
+            skipped[entry.path] = SkippedFile(entry.path, f"cannot read file ({error.strerror})", FileStamp(-1, -1))
+            continue
+        known = journal_ready.get(entry.path) or old_ready.get(entry.path)
+        failed = journal_skipped.get(entry.path) or old_skipped.get(entry.path)
+        if known and known[0].stamp == stamp:
+            ready[entry.path] = known
+        elif failed and failed.stamp == stamp:
+            skipped[entry.path] = failed
+        elif known and _same_content(absolute, known[0].content_hash):
+            ready[entry.path] = (dataclasses.replace(known[0], stamp=stamp), known[1])
+        else:
+            todo.append(LoadTask(entry.path, absolute))
+    wanted = {entry.path for entry in dataset.entries}
+    removed = sum(1 for path in old_ready if path not in wanted)
+    return _Plan(ready, skipped, todo, removed)
+
+
+def _same_content(path: str, expected_hash: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return content_hash(handle.read()) == expected_hash
+    except OSError:
+        return False
+
+
+class _JournalWriter:
+    """Commits batches to the journal on a background thread, off the model's critical path."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._journal.append(*item)
+                except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
+                    self._error = error
+
+    def put(self, features: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
+        self._raise_if_failed()
+        self._queue.put((features, records, skipped))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if isinstance(self._error, OSError):
+            raise PipelineError(f"{self._journal.dir}: cannot write features ({self._error}); free disk space and run again") from None
+        if self._error is not None:
+            raise self._error
+
+
+def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, journal: Journal) -> float:
+    """Run the model over ``plan.todo`` into the journal; returns the seconds it took."""
+    started = time.perf_counter()
+    writer = _JournalWriter(journal)
+    batches = iter_batches(plan.todo, spec, options.batch_size, options.workers)
+    try:
+        with progress.bar("extracting", total=len(plan.todo)) as advance:
+            for batch in batches:
+                features = backbone.predict(batch.images)[: batch.count] if batch.count else None
+                if features is None:
+                    features = np.zeros((0, *backbone.feature_shape), dtype=options.storage_dtype)
+                writer.put(features, batch.records, batch.skipped)
+                advance(batch.count + len(batch.skipped))
+    finally:
+        writer.close()
+    return time.perf_counter() - started
+
+
+def _rows(dataset: Dataset, ready: dict[str, tuple[FileRecord, FeatureSource]]) -> tuple[list[str], list[Row]]:
+    present = [entry for entry in dataset.entries if entry.path in ready]
+    class_names = sorted({entry.label for entry in present})
+    index = {name: i for i, name in enumerate(class_names)}
+    rows = [Row(ready[e.path][0], index[e.label], e.split, ready[e.path][1]) for e in present]
+    return class_names, rows
+
+
+def _unchanged(old: FeatureCache, dataset: Dataset, class_names: list[str], rows: list[Row], skipped: list[SkippedFile]) -> bool:
+    return (
+        str(old.data_root) == str(dataset.root)
+        and old.class_names == class_names
+        and old.records() == [row.record for row in rows]
+        and list(old.labels) == [row.label for row in rows]
+        and list(old.splits) == [row.split for row in rows]
+        and old.skipped() == skipped
+    )
+
+
+def run_extract(options: ExtractOptions) -> ExtractReport:
+    """Bring ``options.cache`` up to date with the images in ``options.data``."""
+    started = time.perf_counter()
+    _check_options(options)
+    dataset = discover(options.data)
+    spec = ResizeSpec(
+        options.image_size, options.resize, options.interpolation, options.max_pixels or ResizeSpec(1).max_pixels
+    )
+    cache_path = Path(options.cache)
+    try:
+        with exclusive_writer(cache_path):
+            backbone = build_backbone(
+                options.backbone,
+                weights=options.weights,
+                image_size=options.image_size,
+                precision=options.precision,
+                storage_dtype=options.storage_dtype,
+                seed=options.seed,
+            )
+            recipe = schema.Recipe(
+                backbone=backbone.name,
+                weights=backbone.weights,
+                weights_sha256=backbone.weights_sha256,
+                image_size=options.image_size,
+                preprocessing=backbone.preprocessing,
+                resize=spec.resize,
+                interpolation=spec.interpolation,
+                background="rgb({},{},{})".format(*BACKGROUND),
+                precision=backbone.precision,
+                storage_dtype=options.storage_dtype,
+            )
+            journal = Journal(cache_path)
+            _check_journal(journal, recipe, options.force)
+            old = _open_existing(options, recipe)
+            try:
+                plan = _plan(dataset, old, journal)
+                extract_seconds = 0.0
+                if plan.todo:
+                    if not journal.exists():
+                        journal.start(recipe)
+                    extract_seconds = _extract(backbone, plan, spec, options, journal)
+                    ready, failed = journal.contents()
+                    plan.ready.update({path: ready[path] for path in ready if path in {t.path for t in plan.todo}})
+                    plan.skipped.update({path: failed[path] for path in failed if path in {t.path for t in plan.todo}})
+                class_names, rows = _rows(dataset, plan.ready)
+                skipped = [plan.skipped[e.path] for e in dataset.entries if e.path in plan.skipped]
+                if not rows:
+                    raise PipelineError(
+                        f"{options.data}: none of the {len(dataset.entries)} files could be read "
+                        f"(first: {skipped[0].path}: {skipped[0].reason}); check the files and run again"
+                    )
+                written = old is None or journal.exists() or not _unchanged(old, dataset, class_names, rows, skipped)
+                if written:
+                    write_cache(
+                        cache_path,
+                        recipe=recipe,
+                        feature_shape=backbone.feature_shape,
+                        class_names=class_names,
+                        rows=rows,
+                        skipped=skipped,
+                        attrs={
+                            "data_root": str(dataset.root),
+                            "source_kind": dataset.kind,
+                            "created_at": old.attrs["created_at"] if old else _now(),
+                            **library_versions(),
+                        },
+                    )
+            finally:
+                if old is not None:
+                    old.close()
+            journal.remove()
+    except CacheError as error:
+        raise PipelineError(str(error)) from None
+    extracted = len(plan.todo) - sum(1 for t in plan.todo if t.path in plan.skipped)
+    return ExtractReport(
+        cache=cache_path,
+        n_images=len(rows),
+        n_classes=len(class_names),
+        extracted=extracted,
+        kept=len(rows) - extracted,
+        removed=plan.removed,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+        extract_seconds=extract_seconds,
+        written=written,
+    )

@@ -1,0 +1,58 @@
+"""What the commands print: short, plain, and the same on a terminal and in a log."""
+
+from __future__ import annotations
+
+import collections
+
+from rich.console import Console
+from rich.table import Table
+
+from features_cache.reader import FeatureCache
+from pipeline.extract import ExtractReport
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def print_extract_report(report: ExtractReport) -> None:
+    rate = f", {report.images_per_second:.1f} img/s" if report.extracted else ""
+    state = "written" if report.written else "unchanged"
+    console.print(
+        f"{report.cache}: {report.n_images} images in {report.n_classes} classes, {state} "
+        f"({report.extracted} extracted, {report.kept} kept, {report.removed} removed, "
+        f"{len(report.skipped)} skipped) in {report.seconds:.1f} s{rate}"
+    )
+    for item in report.skipped:
+        console.print(f"  skipped {item.path}: {item.reason}")
+
+
+def print_cache_info(cache: FeatureCache) -> None:
+    recipe = cache.recipe
+    size_mib = cache.path.stat().st_size / 2**20
+    console.print(f"{cache.path}  ({size_mib:.1f} MiB on disk, identity {cache.identity})")
+    console.print(
+        f"  {len(cache)} images, {len(cache.class_names)} classes, features {cache.feature_shape} {cache.storage_dtype}"
+    )
+    console.print(
+        f"  backbone {recipe.backbone}, weights {recipe.weights} (sha256 {recipe.weights_sha256[:12]}), "
+        f"input {recipe.image_size}x{recipe.image_size}, preprocessing {recipe.preprocessing}, "
+        f"resize {recipe.resize}/{recipe.interpolation}, precision {recipe.precision}"
+    )
+    console.print(
+        f"  data root {cache.attrs.get('data_root')} ({cache.attrs.get('source_kind')}), "
+        f"created {cache.attrs.get('created_at')}, written {cache.attrs.get('written_at')}, "
+        f"keras {cache.attrs.get('version.keras')} on {cache.attrs.get('keras_backend')}"
+    )
+    counts = collections.Counter(zip(cache.labels.tolist(), cache.splits.tolist()))
+    splits = sorted({split for _, split in counts}, key=lambda s: ("train", "val", "test", "").index(s))
+    table = Table(show_edge=False)
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split or "images", justify="right")
+    for index, name in enumerate(cache.class_names):
+        table.add_row(name, *(str(counts.get((index, split), 0)) for split in splits))
+    console.print(table)
+    skipped = cache.skipped()
+    if skipped:
+        console.print(f"  {len(skipped)} skipped files:")
+        for item in skipped:
+            console.print(f"    {item.path}: {item.reason}")
