@@ -36,10 +36,9 @@ class Journal:
     def recipe(self) -> schema.Recipe | None:
         """The recipe the journal was started with, or None if there is no usable journal."""
         try:
-            values = json.loads((self.dir / RECIPE_FILE).read_text())
-        except (OSError, ValueError):
+            return schema.Recipe(**json.loads((self.dir / RECIPE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
             return None
-        return schema.Recipe(**values)
 
     def start(self, recipe: schema.Recipe) -> None:
         """Begin a fresh journal for ``recipe`` (the caller has dealt with any old one)."""

@@ -23,13 +23,13 @@ class FeatureCache:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
         if schema.journal_dir(self.path).is_dir():
             raise CacheError(
                 f"{self.path}: an extraction into this cache was interrupted and is incomplete; "
                 "run the same `python -m pipeline extract` command again to finish it"
             )
+        if not self.path.exists():
+            raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:

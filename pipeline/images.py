@@ -97,7 +97,9 @@ def read_image(path: str, spec: ResizeSpec) -> tuple[np.ndarray, str]:
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate as the camera said; a malformed EXIF block leaves the stored pixels as they are."""
     try:
-        return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - any EXIF parsing failure means "no usable orientation"
         return image
 

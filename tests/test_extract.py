@@ -1,0 +1,289 @@
+"""Stage one end to end: real images, real VGG16, real HDF5 files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from image_factory import make_class_folders, photo, save, truncated_jpeg
+
+from features_cache import schema
+from features_cache.errors import CacheError
+from features_cache.lock import exclusive_writer
+from features_cache.reader import FeatureCache
+from pipeline.cli import main
+from pipeline.errors import PipelineError
+from pipeline.extract import ExtractOptions, run_extract
+from pipeline.images import ResizeSpec, read_image
+
+CLASSES = {"토마토": 6, "호박": 5, "수박": 5}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """VGG16 conv weights saved by the test itself (seeded), as a user's local .h5 would be."""
+    keras.utils.set_random_seed(1234)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
+    model.save_weights(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return make_class_folders(tmp_path / "photos", CLASSES)
+
+
+def options(data: Path, cache: Path, weights: Path, **overrides) -> ExtractOptions:
+    settings = {"image_size": 32, "batch_size": 4, "precision": "float32", "storage_dtype": "float32"}
+    return ExtractOptions(data=str(data), cache=str(cache), weights=str(weights), **{**settings, **overrides})
+
+
+def snapshot(cache_path: Path) -> dict:
+    with FeatureCache(cache_path) as cache:
+        return {
+            "paths": cache.paths,
+            "labels": cache.labels.tolist(),
+            "classes": cache.class_names,
+            "splits": cache.splits.tolist(),
+            "features": cache.features(),
+            "skipped": cache.skipped(),
+        }
+
+
+def assert_same_cache(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a["paths"] == b["paths"] and a["labels"] == b["labels"] and a["classes"] == b["classes"]
+    assert a["splits"] == b["splits"] and a["skipped"] == b["skipped"]
+    np.testing.assert_allclose(a["features"], b["features"], rtol=1e-4, atol=atol)
+
+
+def test_features_equal_vgg16_on_preprocess_input(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    report = run_extract(options(photos, cache_path, weights_file))
+    assert report.extracted == 16 and report.skipped == []
+    with FeatureCache(cache_path) as cache:
+        assert cache.feature_shape == (1, 1, 512)
+        assert cache.class_names == sorted(CLASSES)
+        images = np.stack([read_image(str(photos / p), ResizeSpec(32))[0] for p in cache.paths]).astype("float32")
+        reference = keras.applications.VGG16(include_top=False, weights=str(weights_file), input_shape=(32, 32, 3))
+        expected = keras.ops.convert_to_numpy(reference(keras.applications.vgg16.preprocess_input(images)))
+        np.testing.assert_allclose(cache.features(), expected, rtol=1e-4, atol=1e-4)
+        assert [cache.class_names[label] for label in cache.labels] == [p.split("/")[0] for p in cache.paths]
+
+
+def test_cache_records_how_it_was_made(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file, storage_dtype="float16"))
+    with h5py.File(cache_path, "r") as f:
+        attrs = dict(f.attrs)
+        features = f[schema.FEATURES]
+        assert features.dtype == np.float16
+        assert features.chunks[1:] == (1, 1, 512) and features.chunks[0] * 512 * 2 <= 1 << 20
+    assert attrs["recipe.backbone"] == "vgg16" and attrs["recipe.preprocessing"] == "caffe"
+    assert attrs["recipe.image_size"] == 32 and attrs["recipe.precision"] == "float32"
+    assert attrs["recipe.resize"] == "stretch" and attrs["recipe.interpolation"] == "bilinear"
+    assert attrs["recipe.weights"] == str(weights_file.resolve()) and len(attrs["recipe.weights_sha256"]) == 64
+    assert attrs["complete"] and attrs["version.keras"] == keras.__version__
+    assert attrs["data_root"] == str(photos.resolve())
+
+
+def test_incremental_run_processes_only_new_and_changed_images(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    unchanged = run_extract(options(photos, cache_path, weights_file))
+    assert (unchanged.extracted, unchanged.kept, unchanged.written) == (0, 16, False)
+
+    save(photo(60, 45, seed=500), photos / "호박" / "new.jpg", "JPEG")
+    save(photo(60, 45, seed=501), photos / "수박" / "img_000.jpg", "JPEG")
+    (photos / "토마토" / "img_001.jpg").unlink()
+    touched = photos / "토마토" / "img_002.jpg"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    report = run_extract(options(photos, cache_path, weights_file))
+    assert (report.extracted, report.removed, report.kept) == (2, 1, 14)
+
+    fresh = tmp_path / "fresh.h5"
+    run_extract(options(photos, fresh, weights_file))
+    assert_same_cache(snapshot(cache_path), snapshot(fresh))
+
+
+def test_cache_made_with_other_settings_is_refused_until_force(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    with pytest.raises(PipelineError, match=r"made with other settings \(image_size: 32 != 64\).*--force"):
+        run_extract(options(photos, cache_path, weights_file, image_size=64))
+    report = run_extract(options(photos, cache_path, weights_file, image_size=64, force=True))
+    assert report.extracted == 16
+    with FeatureCache(cache_path) as cache:
+        assert cache.feature_shape == (2, 2, 512) and cache.recipe.image_size == 64
+
+
+def test_bad_files_are_skipped_reported_and_recorded(photos, tmp_path, weights_file):
+    truncated_jpeg(photos / "호박" / "broken.jpg")
+    (photos / "호박" / "empty.png").write_bytes(b"")
+    (photos / "수박" / "notes.jpg").write_text("not a picture")
+    (photos / "수박" / "readme.txt").write_text("ignored: not an image type")
+    cache_path = tmp_path / "features.h5"
+    report = run_extract(options(photos, cache_path, weights_file))
+    reasons = {item.path: item.reason for item in report.skipped}
+    assert set(reasons) == {"호박/broken.jpg", "호박/empty.png", "수박/notes.jpg"}
+    assert "truncated" in reasons["호박/broken.jpg"] and reasons["호박/empty.png"] == "empty file"
+    with FeatureCache(cache_path) as cache:
+        assert len(cache) == 16 and {s.path for s in cache.skipped()} == set(reasons)
+    again = run_extract(options(photos, cache_path, weights_file))
+    assert again.extracted == 0 and len(again.skipped) == 3 and not again.written
+
+
+def test_split_folders_and_csv_manifest(tmp_path, weights_file):
+    root = tmp_path / "split"
+    for split, count in (("train", 3), ("validation", 2), ("test", 2)):
+        make_class_folders(root / split, {"cat": count, "dog": count}, start_seed=count * 10)
+    run_extract(options(root, tmp_path / "split.h5", weights_file))
+    with FeatureCache(tmp_path / "split.h5") as cache:
+        assert sorted(set(cache.splits)) == ["test", "train", "val"]
+        assert cache.class_names == ["cat", "dog"] and len(cache) == 14
+
+    manifest = tmp_path / "split" / "labels.csv"
+    rows = ["path,label,split", "train/cat/img_000.jpg,kitty,train", "test/dog/img_000.jpg,puppy,test"]
+    manifest.write_text("\n".join(rows + ["train/dog/img_001.jpg,puppy,"]) + "\n")
+    run_extract(options(manifest, tmp_path / "csv.h5", weights_file))
+    with FeatureCache(tmp_path / "csv.h5") as cache:
+        assert cache.paths == ["test/dog/img_000.jpg", "train/cat/img_000.jpg", "train/dog/img_001.jpg"]
+        assert cache.class_names == ["kitty", "puppy"] and cache.splits.tolist() == ["test", "train", ""]
+
+
+def test_a_second_writer_is_refused(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    with exclusive_writer(cache_path), pytest.raises(CacheError, match="another extraction .* is writing this cache"):
+        with exclusive_writer(cache_path):
+            pass
+    with exclusive_writer(cache_path), pytest.raises(PipelineError, match="another extraction"):
+        run_extract(options(photos, cache_path, weights_file))
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
+    data = make_class_folders(tmp_path / "many", {"a": 90, "b": 90}, size=(80, 60))
+    args = ["--weights", str(weights_file), "--image-size", "32", "--batch-size", "4", "--precision", "float32"]
+    cache_path = tmp_path / "killed.h5"
+    process = run_cli("extract", str(data), "--cache", str(cache_path), *args, "--workers", "1")
+    journal = schema.journal_dir(cache_path)
+    deadline = time.monotonic() + 120
+    while len(list(journal.glob("segment-*.h5"))) < 5:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed = len(list(journal.glob("segment-*.h5")))
+    assert committed < 45, "the run finished before it could be killed"
+    with pytest.raises(CacheError, match="interrupted"):
+        FeatureCache(cache_path)
+
+    resumed = run_cli("extract", str(data), "--cache", str(cache_path), *args)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    extracted = int(out.split("(")[1].split(" extracted")[0])
+    assert extracted <= 180 - 4 * committed
+    assert not journal.exists()
+
+    uninterrupted = tmp_path / "straight.h5"
+    run_extract(options(data, uninterrupted, weights_file, storage_dtype="float16"))
+    assert_same_cache(snapshot(cache_path), snapshot(uninterrupted), atol=1e-3)
+
+
+def test_a_killed_incremental_run_keeps_the_old_cache_and_says_so(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    before = snapshot(cache_path)
+    journal = schema.journal_dir(cache_path)
+    journal.mkdir()
+    (journal / "recipe.json").write_text("{}")
+    with pytest.raises(CacheError, match="interrupted .* run the same `python -m pipeline extract` command again"):
+        FeatureCache(cache_path)
+    run_extract(options(photos, cache_path, weights_file))
+    assert_same_cache(snapshot(cache_path), before)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "no such folder or CSV file"),
+        ("empty", "no class folders"),
+        ("empty-class", "class folder is empty; add images to it or remove it"),
+        ("one-class", "only one class"),
+        ("bad-csv", "labels.csv:2: expected `path,label\\[,split\\]`"),
+        ("no-cache-folder", "does not exist; create it or choose another --cache path"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, capsys, layout, message):
+    data = tmp_path / "data"
+    cache = tmp_path / "c.h5"
+    if layout != "missing":
+        data.mkdir()
+    if layout in ("empty-class", "one-class", "no-cache-folder"):
+        make_class_folders(data, {"cat": 2} if layout == "one-class" else {"cat": 2, "dog": 2})
+    if layout == "empty-class":
+        (data / "bird").mkdir()
+    if layout == "no-cache-folder":
+        cache = tmp_path / "nowhere" / "c.h5"
+    if layout == "bad-csv":
+        data = data / "labels.csv"
+        data.write_text("path,label\nonly-one-column\n")
+    code = main(["extract", str(data), "--cache", str(cache), "--weights", "none", "--image-size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert __import__("re").search(message, err), err
+
+
+def test_every_file_failing_exits_nonzero(tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        (data / name / "x.jpg").write_bytes(b"junk")
+    code = main(["extract", str(data), "--cache", str(tmp_path / "c.h5"), "--weights", "none", "--image-size", "32"])
+    assert code == 2 and "none of the 2 files could be read" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_missing_imagenet_weights_say_where_to_put_them(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    code = main(["extract", str(photos), "--cache", str(tmp_path / "c.h5"), "--image-size", "32"])
+    err = capsys.readouterr().err
+    if code == 0:  # a machine with network access downloaded the real weights
+        return
+    assert code == 2 and "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err and "--weights" in err
+    assert str(tmp_path / "keras_home" / "models") in err
+
+
+def test_bfloat16_features_match_float32_closely(photos, tmp_path, weights_file):
+    run_extract(options(photos, tmp_path / "f32.h5", weights_file))
+    run_extract(options(photos, tmp_path / "bf16.h5", weights_file, precision="bfloat16"))
+    a, b = snapshot(tmp_path / "f32.h5")["features"], snapshot(tmp_path / "bf16.h5")["features"]
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.99
+
+
+def test_info_prints_counts_recipe_and_skipped(photos, tmp_path, weights_file, capsys):
+    shutil.copy(REPO / "pyproject.toml", photos / "토마토" / "broken.png")
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    assert main(["info", str(cache_path)]) == 0
+    out = capsys.readouterr().out
+    assert "16 images, 3 classes" in out and "vgg16" in out and "토마토" in out
+    assert "토마토/broken.png: not an image" in out
