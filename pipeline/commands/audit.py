@@ -1,0 +1,82 @@
+"""``pipeline audit CACHE.h5``: rank the labelled images by how unlikely their given label is."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="find likely label errors in a feature cache (out-of-fold predictions, confident learning)",
+        description="Cross-validate a cheap head on the cached features so every labelled image gets an out-of-fold "
+        "prediction, then rank the images whose given label is least likely. Writes a CSV and a self-contained page.",
+    )
+    parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
+    parser.add_argument("--head", default="logreg", help="head to cross-validate: logreg (default, seconds per fold), gap or dense")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a head setting, e.g. C=0.5 (repeatable)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument(
+        "--rank", default="self_confidence", choices=("self_confidence", "margin"),
+        help="p[given] (default) or the normalised margin p[given] - max p[other]",
+    )
+    parser.add_argument("--out", default=None, help="CSV to write (default: CACHE with .audit.csv; the page beside it as .audit.html)")
+    parser.add_argument("--show", type=int, default=100, help="images on the page (default 100)")
+    parser.add_argument("--top", type=int, default=20, help="rows printed (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    parser.set_defaults(run=run)
+
+
+def parse_settings(items: list[str]) -> dict[str, object]:
+    """``key=value`` pairs, values read as JSON where they parse (numbers, booleans), else as text."""
+    import json
+
+    settings: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PipelineError(f"--set {item}: expected KEY=VALUE, e.g. --set C=0.5")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from classifiers import get_head
+    from pipeline.audit import run_audit, write_csv, write_html
+
+    params = parse_settings(args.set)
+    get_head(args.head)().set_params(**params)
+    out = Path(args.out) if args.out else Path(args.cache).with_suffix(".audit.csv")
+    result = run_audit(args.cache, head=args.head, params=params, folds=args.folds, ranking=args.rank, seed=args.seed)
+    write_csv(result, out)
+    write_html(result, out.with_suffix(".html"), args.show)
+    print_audit(result, args.top)
+    return 0
+
+
+def print_audit(result, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.audit import summary_lines
+
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(show_edge=False, title=f"the {top} least likely labels")
+    for column in ("rank", "path", "given", "suggested", "p(given)", "margin", "flagged"):
+        table.add_column(column)
+    suggested, confidence, margin = result.suggested, result.self_confidence, result.margin
+    for rank, i in enumerate(result.order[:top], start=1):
+        table.add_row(
+            str(rank), result.paths[i], result.class_names[result.labels[i]], result.class_names[suggested[i]],
+            f"{confidence[i]:.3f}", f"{margin[i]:+.3f}", "yes" if result.flagged[i] else "",
+        )
+    console.print(table)
+    for line in summary_lines(result):
+        console.print(line)
+    console.print(f"wrote {result.csv} and {result.html}")

@@ -1,0 +1,64 @@
+"""``pipeline predict RUN IMAGES...``: classify new images with a run's backbone and head."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.errors import PipelineError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify new images (files or folders) with a trained run; writes a CSV of probabilities",
+        description="Rebuild the run's frozen backbone from its cache recipe (weights checked by hash), run it and the "
+        "run's head over the images, and write path,predicted,confidence,p_<class>... rows. Bad files are skipped.",
+    )
+    parser.add_argument("run", help="a run folder, or a run's name under --runs-dir")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
+    parser.add_argument(
+        "--weights", default=None,
+        help="backbone weights: imagenet, a .h5 path or random(seed=N); default: what the run's cache was made with",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    parser.add_argument("--top", type=int, default=20, help="rows printed (default 20)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.predict import load_run_model, run_predict
+
+    if args.batch_size < 1:
+        raise PipelineError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise PipelineError(f"--workers must be at least 1, got {args.workers}")
+    model = load_run_model(args.run, args.runs_dir, args.weights)
+    print_predictions(run_predict(model, args.images, args.out, args.batch_size, args.workers), args.top)
+    return 0
+
+
+def print_predictions(result, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(show_edge=False)
+    for column in ("path", "predicted", "confidence"):
+        table.add_column(column)
+    for path, row in list(zip(result.paths, result.probabilities))[:top]:
+        best = int(row.argmax())
+        table.add_row(path, result.class_names[best], f"{row[best]:.1%}")
+    if result.paths:
+        console.print(table)
+    if len(result.paths) > top:
+        console.print(f"... and {len(result.paths) - top} more in {result.out}")
+    rate = len(result.paths) / result.seconds if result.seconds else 0.0
+    console.print(
+        f"{result.out}: {len(result.paths)} images predicted, {len(result.skipped)} skipped "
+        f"in {result.seconds:.1f} s ({rate:.1f} img/s)"
+    )
+    for item in result.skipped:
+        console.print(f"  skipped {item.path}: {item.reason}")

@@ -1,0 +1,45 @@
+"""``pipeline report RUN [--split test|val]``: the run's misclassified images, as a list, a CSV and a page."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="list a run's misclassified images and write errors.csv and report.html into its folder",
+        description="Misclassified images of a trained run, most confident mistakes first, with per-class error "
+        "counts; writes errors.csv and a self-contained report.html (thumbnails, confusion matrix, metrics).",
+    )
+    parser.add_argument("run", help="a run folder, or a run's name under --runs-dir")
+    parser.add_argument("--split", default="test", choices=("test", "val"), help="which held-out images (default test)")
+    parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report
+
+    print_report(build_report(args.run, args.split, args.runs_dir))
+    return 0
+
+
+def print_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.report import summary_line
+
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(show_edge=False, title=f"misclassified {report.split} images, most confident first")
+    for column in ("path", "true", "predicted", "confidence", "runner-up"):
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for m in report.mistakes:
+        path = m.path if m.absolute.exists() else f"{m.path} (image not found at {m.absolute})"
+        table.add_row(path, m.true, m.predicted, f"{m.confidence:.1%}", f"{m.runner_up} ({m.runner_up_probability:.1%})")
+    if report.mistakes:
+        console.print(table)
+    console.print(summary_line(report))
+    console.print("errors per true class: " + ", ".join(f"{name} {n}" for name, n in report.errors_per_class().items()))
+    console.print(f"wrote {report.errors_csv} and {report.html}")

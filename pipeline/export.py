@@ -1,0 +1,79 @@
+"""One ``.keras`` file for serving: raw uint8 images in, class probabilities out.
+
+The exported graph is resize -> round to 8-bit pixels -> the backbone's own
+preprocessing and frozen layers -> the cache's storage dtype -> the run's head, so it
+computes what ``extract`` then the head computed. Resizing runs in the graph
+(``keras.layers.Resizing``, with the recipe's interpolation, centre crop for
+``resize=crop``), so callers may pass any height and width; its pixels differ slightly
+from Pillow's, so for bit-for-bit agreement with the cache pass images already at the
+recipe's size. Load it with ``import pipeline.export`` first: that registers the
+custom layers (``keras.saving.load_model(path)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from pipeline.backbones import CastTo
+from pipeline.errors import PipelineError
+from pipeline.predict import RunModel
+
+# Pillow's filters by the names keras.layers.Resizing knows.
+KERAS_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "lanczos3", "nearest": "nearest", "area": "area"}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class RoundPixels(keras.layers.Layer):
+    """Round and clip resized pixels to 0..255, as decoding to uint8 does."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, images):
+        return keras.ops.clip(keras.ops.round(keras.ops.cast(images, "float32")), 0.0, 255.0)
+
+
+def build_serving_model(model: RunModel) -> keras.Model:
+    """Backbone and head as one model from uint8 (batch, H, W, 3) images to probabilities."""
+    if len(model.head.classes_) != len(model.class_names):
+        raise PipelineError(
+            f"{model.run_dir}: the head was trained on {len(model.head.classes_)} of the {len(model.class_names)} classes; "
+            "train it on a cache with images of every class before exporting"
+        )
+    recipe = model.recipe
+    size = recipe.image_size
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
+    resized = keras.layers.Resizing(
+        size,
+        size,
+        interpolation=KERAS_INTERPOLATION[recipe.interpolation],
+        crop_to_aspect_ratio=recipe.resize == "crop",
+        dtype="float32",
+        name="resize",
+    )(keras.ops.cast(inputs, "float32"))
+    pixels = RoundPixels(name="round_pixels")(resized)
+    extractor = model.backbone.model
+    x = pixels
+    for layer in extractor.layers[1:]:
+        x = layer(x)
+    features = CastTo("float32", name="features_float32")(x)
+    head = model.head.to_keras()
+    probabilities = head(features)
+    return keras.Model(inputs, probabilities, name=f"{recipe.backbone}_{type(model.head).__name__.lower()}")
+
+
+def export(model: RunModel, out: str | Path) -> Path:
+    """Write the serving model to ``out`` (a ``.keras`` file)."""
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise PipelineError(f"{out}: the exported file must end in .keras; pass e.g. {out.with_suffix('.keras')}")
+    if not out.resolve().parent.is_dir():
+        raise PipelineError(f"{out}: folder {out.resolve().parent} does not exist; create it or choose another path")
+    serving = build_serving_model(model)
+    tmp = out.with_name(out.stem + ".tmp.keras")
+    serving.save(tmp)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,165 @@
+"""New images through the run's backbone and head, exactly as the cache's recipe made features.
+
+The backbone is rebuilt from the recipe stored with the run (backbone, image size,
+precision, storage dtype, resize, interpolation) and its weights are checked against
+the recipe's hash, so a head never scores features from another extractor. Decoding
+uses stage one's loader: parallel, bounded, and bad files reported rather than fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from features_cache.records import SkippedFile
+from features_cache.schema import Recipe
+from pipeline.backbones import Backbone, build_backbone
+from pipeline.errors import PipelineError
+from pipeline.images import ResizeSpec
+from pipeline.loader import LoadTask, iter_batches
+from pipeline.runs import load_run_config, resolve_run
+from pipeline.sources import NOT_IMAGE_EXTENSIONS
+
+RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
+
+
+@dataclasses.dataclass
+class RunModel:
+    """What scoring new images needs: the run's folder, classes, recipe, backbone and head."""
+
+    run_dir: Path
+    class_names: list[str]
+    recipe: Recipe
+    backbone: Backbone
+    head: object
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities over every class of the run (columns of classes the head never saw are 0)."""
+        out = np.zeros((len(features), len(self.class_names)))
+        out[:, self.head.classes_] = self.head.predict_proba(features.astype(np.float32))
+        return out
+
+
+@dataclasses.dataclass
+class PredictResult:
+    out: Path
+    class_names: list[str]
+    paths: list[str]
+    probabilities: np.ndarray
+    skipped: list[SkippedFile]
+    seconds: float
+
+
+def run_recipe(run_dir: Path, config: dict) -> Recipe:
+    stored = config.get("cache", {}).get("recipe") or {}
+    try:
+        return Recipe(**{field.name: stored[field.name] for field in dataclasses.fields(Recipe)})
+    except KeyError as missing:
+        raise PipelineError(
+            f"{run_dir / 'config.json'}: the cache recipe has no {missing}; train the run again with `python -m pipeline train`"
+        ) from None
+
+
+def weights_arguments(weights: str) -> tuple[str, int]:
+    """``build_backbone``'s (weights, seed) for a recipe's weights value or a ``--weights`` option."""
+    random = RANDOM_WEIGHTS.fullmatch(weights.strip())
+    if random:
+        return "none", int(random.group(1))
+    if weights.lower() in ("none", "random"):
+        return "none", 0
+    return weights, 0
+
+
+def rebuild_backbone(run_dir: Path, recipe: Recipe, weights: str | None = None) -> Backbone:
+    """The backbone the run's cache was made with; refuses weights with another hash."""
+    name, seed = weights_arguments(weights or recipe.weights)
+    backbone = build_backbone(
+        recipe.backbone,
+        weights=name,
+        image_size=recipe.image_size,
+        precision=recipe.precision,
+        storage_dtype=recipe.storage_dtype,
+        seed=seed,
+    )
+    if backbone.weights_sha256 != recipe.weights_sha256:
+        raise PipelineError(
+            f"{run_dir}: the run's features were made with other weights than {backbone.weights} "
+            f"(sha256 {recipe.weights_sha256[:12]}, these are {backbone.weights_sha256[:12]}); "
+            f"pass --weights with the {recipe.backbone} weights the cache was extracted with ({recipe.weights})"
+        )
+    return backbone
+
+
+def load_run_model(run: str, runs_dir: str | Path = "runs", weights: str | None = None) -> RunModel:
+    from classifiers import load_head
+
+    run_dir = resolve_run(run, runs_dir)
+    config = load_run_config(run_dir)
+    recipe = run_recipe(run_dir, config)
+    backbone = rebuild_backbone(run_dir, recipe, weights)
+    head = load_head(run_dir)
+    expected = tuple(getattr(head, "input_shape_", backbone.feature_shape))
+    if expected != backbone.feature_shape:
+        raise PipelineError(
+            f"{run_dir}: the head takes features of shape {expected} but {recipe.backbone} at "
+            f"{recipe.image_size}x{recipe.image_size} gives {backbone.feature_shape}; train the head on a cache of this backbone"
+        )
+    return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head)
+
+
+def find_images(arguments: list[str]) -> list[LoadTask]:
+    """Files as given, and every non-hidden file under folders, in sorted order."""
+    tasks = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_file():
+            tasks.append(LoadTask(argument, str(path)))
+        elif path.is_dir():
+            for directory, subdirs, files in os.walk(path, followlinks=True):
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith(".") and Path(name).suffix.lower() not in NOT_IMAGE_EXTENSIONS:
+                        tasks.append(LoadTask(os.path.join(directory, name), os.path.join(directory, name)))
+        else:
+            raise PipelineError(f"{argument}: no such file or folder; pass image files or folders of images")
+    if not tasks:
+        raise PipelineError(f"{' '.join(arguments)}: no files found; pass image files or folders that hold images")
+    return tasks
+
+
+def run_predict(
+    model: RunModel, images: list[str], out: str | Path, batch_size: int = 32, workers: int | None = None
+) -> PredictResult:
+    """Score ``images`` and write ``out``: ``path,predicted,confidence,p_<class>...``."""
+    started = time.perf_counter()
+    tasks = find_images(images)
+    recipe = model.recipe
+    spec = ResizeSpec(recipe.image_size, recipe.resize, recipe.interpolation)
+    paths, parts, skipped = [], [], []
+    for batch in iter_batches(tasks, spec, batch_size, workers):
+        skipped.extend(batch.skipped)
+        if batch.count:
+            features = model.backbone.predict(batch.images)[: batch.count]
+            parts.append(model.probabilities(features))
+            paths.extend(record.path for record in batch.records)
+    probabilities = np.concatenate(parts) if parts else np.zeros((0, len(model.class_names)))
+    result = PredictResult(Path(out), model.class_names, paths, probabilities, skipped, time.perf_counter() - started)
+    write_predictions(result)
+    return result
+
+
+def write_predictions(result: PredictResult) -> None:
+    tmp = result.out.with_name(result.out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "predicted", "confidence", *(f"p_{name}" for name in result.class_names)])
+        for path, row in zip(result.paths, result.probabilities):
+            best = int(np.argmax(row))
+            writer.writerow([path, result.class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    tmp.replace(result.out)
