@@ -203,11 +203,12 @@ class _JournalWriter:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._journal.append(*item)
+                    features, records, skipped = item
+                    self._journal.append(np.asarray(features), records, skipped)
                 except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
                     self._error = error
 
-    def put(self, features: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
+    def put(self, features, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         self._raise_if_failed()
         self._queue.put((features, records, skipped))
 
@@ -231,8 +232,9 @@ def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: Extract
     try:
         with progress.bar("extracting", total=len(plan.todo)) as advance:
             for batch in batches:
-                features = backbone.predict(batch.images)[: batch.count] if batch.count else None
-                if features is None:
+                if batch.count:
+                    features = backbone.predict(batch.images)[: batch.count]
+                else:
                     features = np.zeros((0, *backbone.feature_shape), dtype=options.storage_dtype)
                 writer.put(features, batch.records, batch.skipped)
                 advance(batch.count + len(batch.skipped))

@@ -163,9 +163,12 @@ def test_split_folders_and_csv_manifest(tmp_path, weights_file):
 
 def test_a_second_writer_is_refused(photos, tmp_path, weights_file):
     cache_path = tmp_path / "features.h5"
-    with exclusive_writer(cache_path), pytest.raises(CacheError, match="another extraction .* is writing this cache"):
-        with exclusive_writer(cache_path):
-            pass
+    with (
+        exclusive_writer(cache_path),
+        pytest.raises(CacheError, match="another extraction .* is writing this cache"),
+        exclusive_writer(cache_path),
+    ):
+        pass
     with exclusive_writer(cache_path), pytest.raises(PipelineError, match="another extraction"):
         run_extract(options(photos, cache_path, weights_file))
 
