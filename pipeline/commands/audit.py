@@ -30,30 +30,28 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_settings(items: list[str]) -> dict[str, object]:
-    """``key=value`` pairs, values read as JSON where they parse (numbers, booleans), else as text."""
-    import json
+def head_params(head: str, items: list[str]) -> dict[str, object]:
+    """One value per ``--set NAME=VALUE``, typed and checked the way ``train`` does it."""
+    from classifiers import get_head
+    from pipeline.train import coerce
 
-    settings: dict[str, object] = {}
+    head_cls = get_head(head)
+    params: dict[str, object] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise PipelineError(f"--set {item}: expected KEY=VALUE, e.g. --set C=0.5")
-        try:
-            settings[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key.strip()] = value
-    return settings
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip() or "," in value:
+            raise PipelineError(f"--set {item!r} is not name=value (one value); e.g. --set C=0.5")
+        params[name.strip()] = coerce(head_cls, name.strip(), value.strip())
+    head_cls(**{**head_cls.defaults(), **params}).check_params()
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
-    from classifiers import get_head
     from pipeline.audit import run_audit, write_csv, write_html
 
-    params = parse_settings(args.set)
-    get_head(args.head)().set_params(**params)
+    params = head_params(args.head.lower(), args.set)
     out = Path(args.out) if args.out else Path(args.cache).with_suffix(".audit.csv")
-    result = run_audit(args.cache, head=args.head, params=params, folds=args.folds, ranking=args.rank, seed=args.seed)
+    result = run_audit(args.cache, head=args.head.lower(), params=params, folds=args.folds, ranking=args.rank, seed=args.seed)
     write_csv(result, out)
     write_html(result, out.with_suffix(".html"), args.show)
     print_audit(result, args.top)

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         description="Join the run's frozen backbone (resizing and preprocessing included) and its head into one "
         "Keras model file. Load it with `import pipeline.export; keras.saving.load_model(OUT)`.",
     )
-    parser.add_argument("run", help="a run folder, or a run's name under --runs-dir")
+    parser.add_argument("run_ref", metavar="RUN", help="a run folder, or a run's name under --runs-dir")
     parser.add_argument("out", help="the .keras file to write")
     parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
     parser.add_argument(
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.export import export
     from pipeline.predict import load_run_model
 
-    model = load_run_model(args.run, args.runs_dir, args.weights)
+    model = load_run_model(args.run_ref, args.runs_dir, args.weights)
     out = export(model, args.out)
     print(f"{out}: {model.recipe.backbone} and the {type(model.head).name} head of {model.run_dir.name}, "
           f"uint8 images in, {len(model.class_names)} class probabilities out")

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         description="Rebuild the run's frozen backbone from its cache recipe (weights checked by hash), run it and the "
         "run's head over the images, and write path,predicted,confidence,p_<class>... rows. Bad files are skipped.",
     )
-    parser.add_argument("run", help="a run folder, or a run's name under --runs-dir")
+    parser.add_argument("run_ref", metavar="RUN", help="a run folder, or a run's name under --runs-dir")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
-    model = load_run_model(args.run, args.runs_dir, args.weights)
+    model = load_run_model(args.run_ref, args.runs_dir, args.weights)
     print_predictions(run_predict(model, args.images, args.out, args.batch_size, args.workers), args.top)
     return 0
 

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         description="Misclassified images of a trained run, most confident mistakes first, with per-class error "
         "counts; writes errors.csv and a self-contained report.html (thumbnails, confusion matrix, metrics).",
     )
-    parser.add_argument("run", help="a run folder, or a run's name under --runs-dir")
+    parser.add_argument("run_ref", metavar="RUN", help="a run folder, or a run's name under --runs-dir")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="which held-out images (default test)")
     parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
     parser.set_defaults(run=run)
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.report import build_report
 
-    print_report(build_report(args.run, args.split, args.runs_dir))
+    print_report(build_report(args.run_ref, args.split, args.runs_dir))
     return 0
 
 
@@ -36,10 +36,12 @@ def print_report(report) -> None:
     for column in ("path", "true", "predicted", "confidence", "runner-up"):
         table.add_column(column, justify="right" if column == "confidence" else "left")
     for m in report.mistakes:
-        path = m.path if m.absolute.exists() else f"{m.path} (image not found at {m.absolute})"
-        table.add_row(path, m.true, m.predicted, f"{m.confidence:.1%}", f"{m.runner_up} ({m.runner_up_probability:.1%})")
+        table.add_row(m.path, m.true, m.predicted, f"{m.confidence:.1%}", f"{m.runner_up} ({m.runner_up_probability:.1%})")
     if report.mistakes:
         console.print(table)
+    for m in report.mistakes:
+        if not m.absolute.exists():
+            console.print(f"  {m.path}: image not found at {m.absolute}")
     console.print(summary_line(report))
     console.print("errors per true class: " + ", ".join(f"{name} {n}" for name, n in report.errors_per_class().items()))
     console.print(f"wrote {report.errors_csv} and {report.html}")
