@@ -41,5 +41,34 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# After training: `make report RUN=<run>` (misclassified images, errors.csv, report.html),
+# `make audit CACHE=...` (likely label errors), `make predict RUN=<run> IMAGES="a.jpg folder/"`
+# (writes $(PREDICTIONS)), `make export RUN=<run> OUT=model.keras` (raw uint8 images in, probabilities out).
+RUN ?=
+RUNS_DIR ?= runs
+SPLIT ?= test
+IMAGES ?=
+PREDICTIONS ?= predictions.csv
+OUT ?= model.keras
+need_run = $(if $(RUN),,$(error pass RUN=<run folder or name under $(RUNS_DIR)>))
+
+.PHONY: report audit predict export
+
+report: setup
+	$(need_run)
+	$(PY) -m pipeline report $(RUN) --split $(SPLIT) --runs-dir $(RUNS_DIR)
+
+audit: setup
+	$(PY) -m pipeline audit $(CACHE)
+
+predict: setup
+	$(need_run)
+	$(if $(IMAGES),,$(error pass IMAGES=<image files or folders>))
+	$(PY) -m pipeline predict $(RUN) $(IMAGES) --runs-dir $(RUNS_DIR) --out $(PREDICTIONS)
+
+export: setup
+	$(need_run)
+	$(PY) -m pipeline export $(RUN) $(OUT) --runs-dir $(RUNS_DIR)
+
 clean:
 	rm -rf cache runs bench-out .pytest_cache
