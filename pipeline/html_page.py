@@ -147,7 +147,7 @@ def per_class_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> list[Cl
 
 def render_page(title: str, summary: Sequence[str], sections: Sequence[tuple[str, str]]) -> str:
     """A whole page: a title, summary lines, then (heading, inner HTML) sections."""
-    lines = "".join(f"<p>{html.escape(line)}</p>" for line in summary)
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in summary if line)
     body = "".join(f"<section><h2>{html.escape(heading)}</h2>{inner}</section>" for heading, inner in sections)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
