@@ -1,0 +1,33 @@
+"""Heads trained on cached CNN codes; ``HEADS`` maps each ``--head`` name to its class."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from classifiers.base import HEAD_FILE, Head, RowSource, SettingError
+from classifiers.dense import DenseHead
+from classifiers.gap import GapHead
+from classifiers.logreg import LogRegHead
+from pipeline.errors import PipelineError
+
+HEADS: dict[str, type[Head]] = {head.name: head for head in (DenseHead, GapHead, LogRegHead)}
+
+__all__ = ["HEADS", "Head", "RowSource", "SettingError", "get_head", "load_head"]
+
+
+def get_head(name: str) -> type[Head]:
+    """The head class called ``name``, or a one-line error listing the known heads."""
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise PipelineError(f"unknown head {name!r}; use --head with one of {', '.join(HEADS)}") from None
+
+
+def load_head(run_dir: Path) -> Head:
+    """The fitted head saved in ``run_dir`` (a run folder, or any folder ``Head.save`` wrote)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / HEAD_FILE
+    if not meta_path.exists():
+        raise PipelineError(f"{run_dir}: no saved head ({HEAD_FILE} missing); train one with `python -m pipeline train`")
+    return get_head(json.loads(meta_path.read_text())["head"]).load(run_dir)

@@ -1,0 +1,122 @@
+"""``logreg``: standardised multinomial logistic regression (scikit-learn) on pooled or flattened features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from classifiers.base import Head, RowSource, SettingError
+
+POOLINGS = ("avg", "max", "flatten")
+READ_ROWS = 1024
+
+
+class LogRegHead(Head):
+    name = "logreg"
+    model_file = "model.joblib"
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, pooling: str = "avg", tol: float = 1e-4) -> None:
+        """``pooling``: avg or max over the spatial grid (c features), or flatten (h*w*c)."""
+        self.C = C
+        self.max_iter = max_iter
+        self.pooling = pooling
+        self.tol = tol
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.pooling not in POOLINGS:
+            raise SettingError(f"logreg: pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
+        if self.C <= 0 or self.max_iter < 1:
+            raise SettingError("logreg: C must be positive and max_iter at least 1")
+
+    def _reduce(self, X: np.ndarray) -> np.ndarray:
+        if self.pooling == "avg":
+            return X.mean(axis=(1, 2))
+        if self.pooling == "max":
+            return X.max(axis=(1, 2))
+        return X.reshape(len(X), -1)
+
+    def fit(self, X, y, *, X_val=None, y_val=None, class_weight=None) -> LogRegHead:
+        columns = self._start_fit(y, np.shape(X)[1:])
+        X = self._reduce(self._check_input(X))
+        self._fit_reduced(X, columns, class_weight)
+        if X_val is not None:
+            self._record_val(self._reduce(self._check_input(X_val)), self._column(y_val))
+        return self
+
+    def fit_stream(self, source: RowSource, *, val: RowSource | None = None, class_weight=None) -> LogRegHead:
+        """Pools each block as it is read, so only (n, c) floats are ever in memory."""
+        columns = self._start_fit(source.labels, source.input_shape)
+        if self.pooling == "flatten":
+            raise SettingError(
+                "logreg: flattened features do not fit in memory for this cache; use --set pooling=avg (or max), "
+                "which learns on pooled features read block by block"
+            )
+        self._fit_reduced(self._read_reduced(source), columns, class_weight)
+        if val is not None:
+            self._record_val(self._read_reduced(val), self._column(val.labels))
+        return self
+
+    def _read_reduced(self, source: RowSource) -> np.ndarray:
+        rows = np.arange(len(source.labels))
+        return np.concatenate([self._reduce(source.read(rows[i : i + READ_ROWS])) for i in range(0, len(rows), READ_ROWS)])
+
+    def _fit_reduced(self, X: np.ndarray, columns: np.ndarray, class_weight) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        weights = self._column_weights(class_weight)
+        sample_weight = None if weights is None else np.array([weights[c] for c in columns])
+        self.scaler_ = StandardScaler().fit(X)
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
+        self.model_.fit(self.scaler_.transform(X), columns, sample_weight=sample_weight)
+        self.history_ = {"n_iter": [int(np.max(self.model_.n_iter_))]}
+
+    def _record_val(self, X_val: np.ndarray, columns: np.ndarray) -> None:
+        from sklearn.metrics import log_loss
+
+        proba = self.model_.predict_proba(self.scaler_.transform(X_val))
+        self.history_["val_loss"] = [float(log_loss(columns, proba, labels=np.arange(len(self.classes_))))]
+        self.history_["val_accuracy"] = [float(np.mean(np.argmax(proba, axis=1) == columns))]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = self._reduce(self._check_input(X))
+        return self.model_.predict_proba(self.scaler_.transform(X))
+
+    def folded_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(d, k) kernel and (k,) bias of softmax(x @ W + b) equal to ``predict_proba`` on reduced x.
+
+        Standardisation folds in: ((x - m) / s) @ A + a = x @ (A / s) + (a - (m / s) @ A).
+        A binary model's single logit z becomes the pair (0, z): softmax of it is (1 - sigmoid(z), sigmoid(z)).
+        """
+        coef, intercept = self.model_.coef_, self.model_.intercept_
+        if coef.shape[0] == 1:
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.concatenate([[0.0], intercept])
+        kernel = coef.T / self.scaler_.scale_[:, None]
+        bias = intercept - self.scaler_.mean_ @ kernel
+        return kernel.astype(np.float32), bias.astype(np.float32)
+
+    def to_keras(self):
+        import keras
+
+        inputs = keras.Input(shape=self.input_shape_, name="features")
+        pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D, "flatten": keras.layers.Flatten}
+        x = pool[self.pooling]()(inputs)
+        dense = keras.layers.Dense(len(self.classes_), activation="softmax", name="probabilities")
+        outputs = dense(x)
+        dense.set_weights(list(self.folded_weights()))
+        return keras.Model(inputs, outputs, name="logreg_head")
+
+    def save(self, folder: Path) -> None:
+        self._save_meta(folder)
+        joblib.dump({"scaler": self.scaler_, "model": self.model_}, folder / self.model_file)
+
+    @classmethod
+    def load(cls, folder: Path) -> LogRegHead:
+        head = cls._load_meta(folder)
+        state = joblib.load(folder / cls.model_file)
+        head.scaler_, head.model_ = state["scaler"], state["model"]
+        return head

@@ -1,0 +1,50 @@
+"""``pipeline runs [--runs-dir runs]``: every run as a table, best validation accuracy first."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("runs", help="list trained runs, best first")
+    parser.add_argument("--runs-dir", default="runs", help="where train put its runs (default runs)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.runs import ranked, read_index
+
+    entries = read_index(args.runs_dir)
+    if not entries:
+        console.print(f"no runs in {args.runs_dir}/ yet; train one with `python -m pipeline train CACHE.h5 --head dense`")
+        return 0
+    print_runs(ranked(entries), title=f"{len(entries)} runs in {args.runs_dir}/, best validation accuracy first")
+    return 0
+
+
+def settings_text(entry: dict) -> str:
+    """The settings that differ from the head's defaults: what tells runs apart."""
+    from classifiers import HEADS
+
+    defaults = HEADS[entry["head"]].defaults() if entry["head"] in HEADS else {}
+    return " ".join(f"{k}={v}" for k, v in entry["params"].items() if defaults.get(k) != v) or "defaults"
+
+
+def print_runs(entries: list[dict], title: str | None = None, header: bool = True) -> None:
+    table = Table(title=title, show_edge=False, show_header=header)
+    for column in ("run", "head", "settings", "val acc", "val F1", "test acc", "test F1", "test loss", "fit s", "cache"):
+        table.add_column(column, justify="left" if column in ("run", "head", "settings", "cache") else "right")
+    for e in entries:
+        table.add_row(
+            e["name"], e["head"], settings_text(e),
+            f"{e['val']['accuracy']:.3f}", f"{e['val']['macro_f1']:.3f}",
+            f"{e['test']['accuracy']:.3f}", f"{e['test']['macro_f1']:.3f}", f"{e['test']['log_loss']:.3f}",
+            f"{e['fit_seconds']:.1f}", e["cache_identity"],
+        )
+    console.print(table)

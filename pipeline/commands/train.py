@@ -1,0 +1,63 @@
+"""``pipeline train CACHE.h5 --head dense|gap|logreg [--set name=v1,v2 ...]``: stage two."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.errors import PipelineError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a head on a feature cache; one run per value of each --set setting",
+        description="Train a cheap head on cached CNN codes. Each run leaves runs/<name>/ with the model, "
+        "config, metrics, predictions and history, and a line in runs/index.jsonl.",
+    )
+    parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
+    parser.add_argument("--head", default="dense", help="dense (default), gap or logreg")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
+        help="a head setting, e.g. --set dropout=0.3,0.5 or --set C=0.1,1,10; several values make one run each",
+    )
+    parser.add_argument("--name", default=None, help="run name (default: <head>-<date>-<time>)")
+    parser.add_argument("--runs-dir", default="runs", help="where run folders and index.jsonl live (default runs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, dropout and shuffling (default 0)")
+    parser.add_argument(
+        "--split", default="0.7,0.15,0.15", metavar="TRAIN,VAL,TEST",
+        help="shares for images the cache has no split for (default 0.7,0.15,0.15)",
+    )
+    parser.add_argument("--class-weight", default="none", choices=("none", "balanced"), help="balanced: weigh rare classes up")
+    parser.add_argument(
+        "--load", default="auto", choices=("auto", "memory", "stream"),
+        help="auto (default): features into memory when they fit, else streamed from the cache",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.commands.runs import print_runs
+    from pipeline.train import TrainOptions, parse_settings, run_train
+
+    try:
+        fractions = tuple(float(part) for part in args.split.split(","))
+    except ValueError:
+        raise PipelineError(f"--split {args.split}: not three numbers; use e.g. --split 0.7,0.15,0.15") from None
+    options = TrainOptions(
+        cache=args.cache,
+        head=args.head.lower(),
+        settings=parse_settings(args.settings),
+        name=args.name,
+        runs_dir=args.runs_dir,
+        seed=args.seed,
+        fractions=fractions,
+        class_weight=args.class_weight,
+        load=args.load,
+    )
+    entries = []
+    for result in run_train(options):
+        entries.append(result.entry)
+        print_runs([result.entry], header=not entries[:-1])
+    if len(entries) > 1:
+        print_runs(entries, title="best first")
+    return 0

@@ -1,0 +1,24 @@
+"""Shared fixtures: a real feature cache made by stage one from the digits, once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo_data import write_digits
+from pipeline.extract import ExtractOptions, run_extract
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 digit PNGs, 40 per class, as class folders."""
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits", per_class=40)
+
+
+@pytest.fixture(scope="session")
+def digits_cache(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache of the digits at 32x32 with seeded random VGG16 weights: features (1, 1, 512)."""
+    cache = tmp_path_factory.mktemp("cache") / "digits32.h5"
+    run_extract(ExtractOptions(data=str(digits_dir), cache=str(cache), weights="none", image_size=32))
+    return cache

@@ -1,0 +1,120 @@
+"""One set of checks run over every registered head: a new head gets them by joining ``HEADS``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifiers import HEADS, SettingError, load_head
+from features_cache.reader import FeatureCache
+from pipeline.errors import PipelineError
+from pipeline.train import CacheRows, split_indices
+
+# Settings that make each head learn within seconds on 280 tiny random-VGG16 codes.
+TEST_SETTINGS = {"dense": {"epochs": 10}, "gap": {"epochs": 10}, "logreg": {}}
+
+
+@pytest.fixture(scope="module")
+def digits(digits_cache: Path) -> dict:
+    with FeatureCache(digits_cache) as cache:
+        indices = split_indices(cache, (0.7, 0.15, 0.15))
+        data = {split: (cache.features(rows), cache.labels[rows]) for split, rows in indices.items()}
+        data["indices"] = indices
+    return data
+
+
+@pytest.fixture(scope="module", params=sorted(HEADS))
+def fitted(request, digits):
+    name = request.param
+    X, y = digits["train"]
+    head = HEADS[name](**TEST_SETTINGS[name]).fit(X, y, X_val=digits["val"][0], y_val=digits["val"][1])
+    return head
+
+
+def test_every_head_has_test_settings():
+    assert set(TEST_SETTINGS) == set(HEADS)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_init_only_stores_settings(name):
+    head = HEADS[name]()
+    assert head.get_params() == HEADS[name].defaults()
+    assert not [key for key in vars(head) if key.endswith("_")]
+    assert head.set_params(**TEST_SETTINGS[name]) is head
+    assert head.get_params() == {**HEADS[name].defaults(), **TEST_SETTINGS[name]}
+    with pytest.raises(SettingError, match="no setting"):
+        head.set_params(not_a_setting=1)
+
+
+def test_head_learns(fitted, digits):
+    X, y = digits["test"]
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (len(X), 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-6)
+    assert np.mean(fitted.predict(X) == y) > 0.6  # chance is 0.1
+    assert list(fitted.classes_) == list(range(10))
+    assert fitted.input_shape_ == (1, 1, 512)
+    assert fitted.history_
+
+
+def test_save_load_gives_same_probabilities(fitted, digits, tmp_path):
+    X = digits["test"][0]
+    fitted.save(tmp_path)
+    loaded = load_head(tmp_path)
+    assert type(loaded) is type(fitted)
+    assert loaded.get_params() == fitted.get_params()
+    np.testing.assert_allclose(loaded.predict_proba(X), fitted.predict_proba(X), atol=1e-6)
+
+
+def test_to_keras_matches_predict_proba(fitted, digits):
+    X = digits["test"][0]
+    model = fitted.to_keras()
+    np.testing.assert_allclose(np.asarray(model.predict(X, verbose=0)), fitted.predict_proba(X), atol=1e-5)
+
+
+def test_same_settings_same_model(fitted, digits):
+    X, y = digits["train"]
+    again = type(fitted)(**fitted.get_params()).fit(X, y, X_val=digits["val"][0], y_val=digits["val"][1])
+    np.testing.assert_allclose(again.predict_proba(digits["test"][0]), fitted.predict_proba(digits["test"][0]), atol=1e-6)
+
+
+def test_streaming_fit_learns(fitted, digits, digits_cache):
+    indices = digits["indices"]
+    with FeatureCache(digits_cache) as cache:
+        head = type(fitted)(**fitted.get_params()).fit_stream(
+            CacheRows(cache, indices["train"]), val=CacheRows(cache, indices["val"])
+        )
+    X, y = digits["test"]
+    assert np.mean(head.predict(X) == y) > 0.6
+
+
+def test_wrong_feature_shape_is_refused(fitted):
+    with pytest.raises(PipelineError, match="trained on features of shape"):
+        fitted.predict_proba(np.zeros((2, 2, 2, 512), dtype=np.float32))
+
+
+@pytest.mark.parametrize("name, bad", [("dense", {"dropout": 1.5}), ("gap", {"optimizer": "lion"}), ("logreg", {"pooling": "sum"})])
+def test_bad_values_are_refused(name, bad):
+    with pytest.raises(SettingError):
+        HEADS[name](**bad).check_params()
+
+
+def test_logreg_streams_pooled_features_exactly(digits, digits_cache):
+    indices = digits["indices"]
+    X, y = digits["train"]
+    memory = HEADS["logreg"]().fit(X, y)
+    with FeatureCache(digits_cache) as cache:
+        streamed = HEADS["logreg"]().fit_stream(CacheRows(cache, indices["train"]))
+        with pytest.raises(SettingError, match="pooling=avg"):
+            HEADS["logreg"](pooling="flatten").fit_stream(CacheRows(cache, indices["train"]))
+    np.testing.assert_allclose(streamed.predict_proba(X), memory.predict_proba(X), atol=1e-6)
+
+
+def test_class_weight_shifts_predictions_toward_weighted_class(digits):
+    X, y = digits["train"]
+    plain = HEADS["logreg"](C=0.01).fit(X, y)
+    weighted = HEADS["logreg"](C=0.01).fit(X, y, class_weight={3: 50.0})
+    X_test = digits["test"][0]
+    assert np.sum(weighted.predict(X_test) == 3) > np.sum(plain.predict(X_test) == 3)
