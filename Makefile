@@ -70,5 +70,22 @@ export: setup
 	$(need_run)
 	$(PY) -m pipeline export $(RUN) $(OUT) --runs-dir $(RUNS_DIR)
 
+# Stage two: e.g. make train-head CACHE=cache/features.h5 HEAD=logreg SET="C=0.1,1,10"
+HEAD ?= dense
+SET ?=
+RUN_NAME ?=
+RUNS_DIR ?= runs
+SEED ?= 0
+TRAIN_FLAGS ?=
+
+.PHONY: train-head runs
+
+train-head: setup
+	$(PY) -m pipeline train $(CACHE) --head $(HEAD) --runs-dir $(RUNS_DIR) --seed $(SEED) \
+		$(foreach setting,$(SET),--set $(setting)) $(if $(RUN_NAME),--name $(RUN_NAME)) $(TRAIN_FLAGS)
+
+runs: setup
+	$(PY) -m pipeline runs --runs-dir $(RUNS_DIR)
+
 clean:
 	rm -rf cache runs bench-out .pytest_cache
