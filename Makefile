@@ -14,7 +14,7 @@ STORAGE ?= float16
 BACKBONE ?= vgg16
 EXTRACT_FLAGS ?=
 
-.PHONY: setup demo extract info test lint clean
+.PHONY: setup demo extract info test lint clean bench
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,19 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# `make bench`: files-to-cache throughput against the bare model, decoding alone and the
+# hand-written Keras route, re-runs, heads and memory; prints a table, writes $(BENCH_OUT)/bench.json.
+# The backend is the environment's KERAS_BACKEND (e.g. `make bench KERAS_BACKEND=jax`).
+BENCH_N ?= 96
+BENCH_SIZE ?= 224
+BENCH_PRECISION ?= auto
+BENCH_BATCH ?= 32
+BENCH_OUT ?= bench-out
+
+bench: setup
+	$(PY) -m pipeline.bench --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
+		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
 
 # After training: `make report RUN=<run>` (misclassified images, errors.csv, report.html),
 # `make audit CACHE=...` (likely label errors), `make predict RUN=<run> IMAGES="a.jpg folder/"`
