@@ -1,4 +1,4 @@
-"""``make demo``: the embedded default dataset end to end, from PNG folders to a feature cache.
+"""``make demo``: the embedded default dataset end to end: PNG folders, cache, a head, its errors.
 
 The scikit-learn digits are written once as PNG class folders and extracted at 224x224
 with ImageNet weights when they are cached or downloadable. When they are not, the demo
@@ -8,6 +8,8 @@ with ImageNet weights when they are cached or downloadable. When they are not, t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from pipeline.errors import PipelineError
 def pick_weights() -> str:
     """'imagenet' if Keras can load them here, else 'none' with a plain notice on the first line."""
     try:
-        build_backbone("vgg16", weights="imagenet", image_size=32, precision="float32")
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras's "Downloading data from ..." line
+            build_backbone("vgg16", weights="imagenet", image_size=32, precision="float32")
         return "imagenet"
     except PipelineError as error:
         print(
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/digits")
     parser.add_argument("--cache", default="cache/digits.h5")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
     weights = pick_weights()
     print(f"writing the scikit-learn digits as PNG class folders under {args.data}", flush=True)
@@ -43,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     extract_args = ["extract", args.data, "--cache", args.cache, "--image-size", str(args.image_size)]
     code = cli_main([*extract_args, "--weights", weights])
-    if code == 0:
-        code = cli_main(["info", args.cache])
-    return code
+    if code != 0:
+        return code
+    cli_main(["info", args.cache])
+    from pipeline.train import TrainOptions, run_train
+
+    print("training a logistic-regression head on the cached features", flush=True)
+    for result in run_train(TrainOptions(cache=args.cache, head="logreg", runs_dir=args.runs_dir)):
+        code = cli_main(["report", str(result.folder)]) or code
+    return cli_main(["runs", "--runs-dir", args.runs_dir]) or code
 
 
 if __name__ == "__main__":
