@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from pipeline.backbone_specs import BACKBONES, BackboneSpec, cpu_has_amx, keras_models_dir
 from pipeline.errors import PipelineError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -25,29 +25,6 @@ DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16":
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec:
-    """A ``keras.applications`` constructor and the facts needed to use and explain it."""
-
-    constructor: Callable[..., keras.Model]
-    preprocessing: str
-    weights_file: str
-    min_size: int = 32
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "vgg16": BackboneSpec(
-        keras.applications.VGG16, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    ),
-    "resnet50": BackboneSpec(
-        keras.applications.ResNet50, "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    ),
-    "mobilenetv2": BackboneSpec(
-        keras.applications.MobileNetV2, "tf", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-    ),
-}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -165,13 +142,6 @@ def has_accelerator() -> bool:
     return False
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def resolve_precision(precision: str) -> str:
     """``auto`` is bfloat16 on a GPU or an AMX CPU (several times faster there), else float32.
 
@@ -206,7 +176,7 @@ def weights_sha256(model: keras.Model) -> str:
 
 
 def _weights_help(name: str, spec: BackboneSpec) -> str:
-    target = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / spec.weights_file
+    target = keras_models_dir() / spec.weights_file
     return (
         f"put {spec.weights_file} (from the keras-applications release on storage.googleapis.com) "
         f"at {target}, or pass --weights /path/to/{spec.weights_file}"
@@ -216,26 +186,27 @@ def _weights_help(name: str, spec: BackboneSpec) -> str:
 def _build_base(name: str, spec: BackboneSpec, weights: str, image_size: int, seed: int) -> tuple[keras.Model, str]:
     """The bare ``include_top=False`` model and a description of where its weights came from."""
     shape = (image_size, image_size, 3)
+    constructor = getattr(keras.applications, spec.constructor)
     if weights == "imagenet":
         try:
-            return spec.constructor(include_top=False, weights="imagenet", input_shape=shape), "imagenet"
+            return constructor(include_top=False, weights="imagenet", input_shape=shape), "imagenet"
         except Exception as error:  # noqa: BLE001 - keras raises bare Exception on fetch failures
             reason = str(error).splitlines()[0][:200]
             raise PipelineError(f"cannot load the ImageNet weights for {name} ({reason}); {_weights_help(name, spec)}") from None
     if weights == "none":
         keras.utils.set_random_seed(seed)
-        return spec.constructor(include_top=False, weights=None, input_shape=shape), f"random(seed={seed})"
+        return constructor(include_top=False, weights=None, input_shape=shape), f"random(seed={seed})"
     path = Path(weights).expanduser()
     if not path.is_file():
         raise PipelineError(
             f"--weights {weights}: no such file; pass 'imagenet', 'none' or the path of a {name} weights .h5 file"
         )
     try:
-        return spec.constructor(include_top=False, weights=str(path), input_shape=shape), str(path.resolve())
+        return constructor(include_top=False, weights=str(path), input_shape=shape), str(path.resolve())
     except Exception as error:  # noqa: BLE001 - h5py and keras raise many kinds on a bad file
         raise PipelineError(
             f"--weights {path}: cannot load it into {name} include_top=False ({str(error).splitlines()[0][:200]}); "
-            f"pass a weights file saved from keras.applications.{spec.constructor.__name__}(include_top=False)"
+            f"pass a weights file saved from keras.applications.{spec.constructor}(include_top=False)"
         ) from None
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import os
 import queue
+import socket
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -27,12 +32,15 @@ from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
 from features_cache.writer import FeatureSource, Row, write_cache
 from pipeline import progress
-from pipeline.backbones import Backbone, build_backbone
+from pipeline.backbone_specs import cpu_has_amx, weights_path
 from pipeline.errors import PipelineError
-from pipeline.images import BACKGROUND, ResizeSpec
+from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec
 from pipeline.loader import LoadTask, iter_batches
 from pipeline.sources import Dataset, discover
 from pipeline.versions import library_versions
+
+if TYPE_CHECKING:
+    from pipeline.backbones import Backbone
 
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -262,80 +270,50 @@ def _unchanged(old: FeatureCache, dataset: Dataset, class_names: list[str], rows
     )
 
 
-def run_extract(options: ExtractOptions) -> ExtractReport:
-    """Bring ``options.cache`` up to date with the images in ``options.data``."""
-    started = time.perf_counter()
-    _check_options(options)
-    dataset = discover(options.data)
-    spec = ResizeSpec(
-        options.image_size, options.resize, options.interpolation, options.max_pixels or ResizeSpec(1).max_pixels
-    )
-    cache_path = Path(options.cache)
+def _request_fingerprint(options: ExtractOptions) -> str:
+    """What was asked for, on which machine and libraries: a cheap stand-in for the recipe.
+
+    When it equals the one stored by the run that wrote the cache, and no file changed,
+    the run is a no-op decided without importing Keras or building the model. Anything
+    else takes the full path, which checks the real recipe.
+    """
+    weights_file = weights_path(options.backbone, options.weights)
+    stamp = None
+    if weights_file is not None and weights_file.is_file():
+        stamp = dataclasses.astuple(FileStamp.of(weights_file))
+    payload = {
+        **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
+        "weights_file": str(weights_file) if weights_file else None,
+        "weights_stamp": stamp,
+        "host": socket.gethostname(),
+        "keras_backend": os.environ.get("KERAS_BACKEND", ""),
+        "keras": _installed_version("keras"),
+        "amx": cpu_has_amx(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_NOT_IN_REQUEST = ("data", "cache", "workers", "force", "batch_size")
+
+
+def _installed_version(package: str) -> str:
     try:
-        with exclusive_writer(cache_path):
-            backbone = build_backbone(
-                options.backbone,
-                weights=options.weights,
-                image_size=options.image_size,
-                precision=options.precision,
-                storage_dtype=options.storage_dtype,
-                seed=options.seed,
-            )
-            recipe = schema.Recipe(
-                backbone=backbone.name,
-                weights=backbone.weights,
-                weights_sha256=backbone.weights_sha256,
-                image_size=options.image_size,
-                preprocessing=backbone.preprocessing,
-                resize=spec.resize,
-                interpolation=spec.interpolation,
-                background="rgb({},{},{})".format(*BACKGROUND),
-                precision=backbone.precision,
-                storage_dtype=options.storage_dtype,
-            )
-            journal = Journal(cache_path)
-            _check_journal(journal, recipe, options.force)
-            old = _open_existing(options, recipe)
-            try:
-                plan = _plan(dataset, old, journal)
-                extract_seconds = 0.0
-                if plan.todo:
-                    if not journal.exists():
-                        journal.start(recipe)
-                    extract_seconds = _extract(backbone, plan, spec, options, journal)
-                    ready, failed = journal.contents()
-                    plan.ready.update({path: ready[path] for path in ready if path in {t.path for t in plan.todo}})
-                    plan.skipped.update({path: failed[path] for path in failed if path in {t.path for t in plan.todo}})
-                class_names, rows = _rows(dataset, plan.ready)
-                skipped = [plan.skipped[e.path] for e in dataset.entries if e.path in plan.skipped]
-                if not rows:
-                    raise PipelineError(
-                        f"{options.data}: none of the {len(dataset.entries)} files could be read "
-                        f"(first: {skipped[0].path}: {skipped[0].reason}); check the files and run again"
-                    )
-                written = old is None or journal.exists() or not _unchanged(old, dataset, class_names, rows, skipped)
-                if written:
-                    write_cache(
-                        cache_path,
-                        recipe=recipe,
-                        feature_shape=backbone.feature_shape,
-                        class_names=class_names,
-                        rows=rows,
-                        skipped=skipped,
-                        attrs={
-                            "data_root": str(dataset.root),
-                            "source_kind": dataset.kind,
-                            "created_at": old.attrs["created_at"] if old else _now(),
-                            **library_versions(),
-                        },
-                    )
-            finally:
-                if old is not None:
-                    old.close()
-            journal.remove()
-    except CacheError as error:
-        raise PipelineError(str(error)) from None
-    extracted = len(plan.todo) - sum(1 for t in plan.todo if t.path in plan.skipped)
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _report(
+    cache_path: Path,
+    plan: _Plan,
+    class_names: list[str],
+    rows: list[Row],
+    skipped: list[SkippedFile],
+    started: float,
+    extract_seconds: float,
+    written: bool,
+) -> ExtractReport:
+    extracted = sum(1 for task in plan.todo if task.path not in plan.skipped)
     return ExtractReport(
         cache=cache_path,
         n_images=len(rows),
@@ -348,3 +326,111 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
         extract_seconds=extract_seconds,
         written=written,
     )
+
+
+def _skipped_in_order(dataset: Dataset, plan: _Plan) -> list[SkippedFile]:
+    return [plan.skipped[e.path] for e in dataset.entries if e.path in plan.skipped]
+
+
+def _nothing_to_do(options: ExtractOptions, dataset: Dataset, request: str, started: float) -> ExtractReport | None:
+    """The report of a no-op run, if this request and every file are as the cache recorded them."""
+    path = Path(options.cache)
+    if options.force or not path.exists() or schema.journal_dir(path).exists():
+        return None
+    try:
+        cache = FeatureCache(path)
+    except CacheError:
+        return None
+    with cache:
+        if cache.attrs.get("request") != request:
+            return None
+        plan = _plan(dataset, cache, Journal(path))
+        class_names, rows = _rows(dataset, plan.ready)
+        skipped = _skipped_in_order(dataset, plan)
+        if plan.todo or not rows or not _unchanged(cache, dataset, class_names, rows, skipped):
+            return None
+    return _report(path, plan, class_names, rows, skipped, started, 0.0, written=False)
+
+
+def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float) -> ExtractReport:
+    """The full path: build the backbone, check the recipe, extract what is missing, write."""
+    from pipeline.backbones import build_backbone
+
+    cache_path = Path(options.cache)
+    backbone = build_backbone(
+        options.backbone,
+        weights=options.weights,
+        image_size=options.image_size,
+        precision=options.precision,
+        storage_dtype=options.storage_dtype,
+        seed=options.seed,
+    )
+    recipe = schema.Recipe(
+        backbone=backbone.name,
+        weights=backbone.weights,
+        weights_sha256=backbone.weights_sha256,
+        image_size=options.image_size,
+        preprocessing=backbone.preprocessing,
+        resize=spec.resize,
+        interpolation=spec.interpolation,
+        background="rgb({},{},{})".format(*BACKGROUND),
+        precision=backbone.precision,
+        storage_dtype=options.storage_dtype,
+    )
+    journal = Journal(cache_path)
+    _check_journal(journal, recipe, options.force)
+    old = _open_existing(options, recipe)
+    try:
+        plan = _plan(dataset, old, journal)
+        extract_seconds = 0.0
+        if plan.todo:
+            if not journal.exists():
+                journal.start(recipe)
+            extract_seconds = _extract(backbone, plan, spec, options, journal)
+            ready, failed = journal.contents()
+            todo = {task.path for task in plan.todo}
+            plan.ready.update({path: ready[path] for path in ready.keys() & todo})
+            plan.skipped.update({path: failed[path] for path in failed.keys() & todo})
+        class_names, rows = _rows(dataset, plan.ready)
+        skipped = _skipped_in_order(dataset, plan)
+        if not rows:
+            raise PipelineError(
+                f"{options.data}: none of the {len(dataset.entries)} files could be read "
+                f"(first: {skipped[0].path}: {skipped[0].reason}); check the files and run again"
+            )
+        written = old is None or journal.exists() or not _unchanged(old, dataset, class_names, rows, skipped)
+        if written:
+            write_cache(
+                cache_path,
+                recipe=recipe,
+                feature_shape=backbone.feature_shape,
+                class_names=class_names,
+                rows=rows,
+                skipped=skipped,
+                attrs={
+                    "data_root": str(dataset.root),
+                    "source_kind": dataset.kind,
+                    "created_at": old.attrs["created_at"] if old else _now(),
+                    "request": request,
+                    **library_versions(),
+                },
+            )
+    finally:
+        if old is not None:
+            old.close()
+    journal.remove()
+    return _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
+
+
+def run_extract(options: ExtractOptions) -> ExtractReport:
+    """Bring ``options.cache`` up to date with the images in ``options.data``."""
+    started = time.perf_counter()
+    _check_options(options)
+    dataset = discover(options.data)
+    spec = ResizeSpec(options.image_size, options.resize, options.interpolation, options.max_pixels or DEFAULT_MAX_PIXELS)
+    request = _request_fingerprint(options)
+    try:
+        with exclusive_writer(options.cache):
+            return _nothing_to_do(options, dataset, request, started) or _update(options, dataset, spec, request, started)
+    except CacheError as error:
+        raise PipelineError(str(error)) from None
