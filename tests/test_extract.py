@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -114,6 +116,21 @@ def test_incremental_run_processes_only_new_and_changed_images(photos, tmp_path,
     fresh = tmp_path / "fresh.h5"
     run_extract(options(photos, fresh, weights_file))
     assert_same_cache(snapshot(cache_path), snapshot(fresh))
+
+
+def test_a_no_op_rerun_decides_without_loading_keras(photos, tmp_path, weights_file):
+    settings = options(photos, tmp_path / "features.h5", weights_file)
+    run_extract(settings)
+    script = (
+        "import json, sys; from pipeline.extract import ExtractOptions, run_extract; "
+        "report = run_extract(ExtractOptions(**json.loads(sys.argv[1]))); "
+        "print(report.written, report.kept, 'keras' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(dataclasses.asdict(settings))],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.split() == ["False", "16", "False"]
 
 
 def test_cache_made_with_other_settings_is_refused_until_force(photos, tmp_path, weights_file):
