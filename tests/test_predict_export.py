@@ -18,7 +18,9 @@ from pipeline.extract import ExtractOptions, run_extract
 from pipeline.images import ResizeSpec, read_image
 
 HEADS = {"logreg": [], "gap": ["--set", "epochs=3"], "dense": ["--set", "epochs=2", "--set", "units=32"]}
-ATOL = 2e-5  # predictions.csv keeps six decimals
+# Features pass through float16 storage, and a batch of another size rounds about 0.1% of them
+# (measured) to the neighbouring float16 value, which moves a probability by up to about 1e-4.
+ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
