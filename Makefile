@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BACKEND_EXTRA ?= tf-cpu
 
 DATA ?= data/digits
-CACHE ?= cache/features.h5
+CACHE ?= cache/digits.h5
 IMAGE_SIZE ?= 224
 BATCH ?= 32
 WEIGHTS ?= imagenet
@@ -83,11 +83,10 @@ export: setup
 	$(need_run)
 	$(PY) -m pipeline export $(RUN) $(OUT) --runs-dir $(RUNS_DIR)
 
-# Stage two: e.g. make train-head CACHE=cache/features.h5 HEAD=logreg SET="C=0.1,1,10"
+# Stage two: e.g. make train-head CACHE=cache/digits.h5 HEAD=logreg SET="C=0.1,1,10"
 HEAD ?= dense
 SET ?=
 RUN_NAME ?=
-RUNS_DIR ?= runs
 SEED ?= 0
 TRAIN_FLAGS ?=
 
