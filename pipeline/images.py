@@ -58,6 +58,7 @@ def decode(data: bytes, spec: ResizeSpec) -> np.ndarray:
         raise ImageReadError("empty file")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the pixels are still good
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from image_factory import (
@@ -87,8 +89,11 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_malformed_exif_falls_back_to_stored_pixels(tmp_path):
     path = malformed_exif_jpeg(tmp_path / "bad_exif.jpg")
-    expected = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
-    assert np.array_equal(pixels(path), expected)
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):
+        expected = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(pixels(path), expected)
 
 
 def test_crop_keeps_aspect_by_cutting_the_long_side(tmp_path):
