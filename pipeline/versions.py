@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("keras", "tensorflow", "jax", "torch", "numpy", "h5py", "pillow", "scikit-learn")
+PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "h5py", "pillow", "scikit-learn")
 
 
 def library_versions() -> dict[str, str]:
