@@ -38,19 +38,18 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 def assign_splits(
     paths: Sequence[str],
-    labels: np.ndarray,
     stored_splits: np.ndarray,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     salt: str = "",
 ) -> np.ndarray:
     """An object array of "train"/"val"/"test": the stored split where there is one, else the path hash's.
 
-    ``labels`` is accepted for the interface's sake: with a per-image threshold every
-    class is split in the same proportions in expectation, without looking at it.
+    The class is not needed: a per-image threshold splits every class in the same
+    proportions in expectation.
     """
     train, val, _ = check_fractions(fractions)
-    if len(paths) != len(labels) or len(paths) != len(stored_splits):
-        raise ValueError("paths, labels and stored_splits must have the same length")
+    if len(paths) != len(stored_splits):
+        raise ValueError("paths and stored_splits must have the same length")
     out = np.empty(len(paths), dtype=object)
     for i, (path, stored) in enumerate(zip(paths, stored_splits)):
         if stored:

@@ -128,7 +128,7 @@ def split_indices(cache: FeatureCache, fractions: Sequence[float]) -> dict[str, 
             f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
             "a classifier needs at least 2 class folders; add another class and run extract again"
         )
-    assigned = assign_splits(cache.paths, cache.labels, cache.splits, fractions)
+    assigned = assign_splits(cache.paths, cache.splits, fractions)
     indices = {split: np.flatnonzero(assigned == split) for split in SPLITS}
     for split, rows in indices.items():
         if len(rows) == 0:

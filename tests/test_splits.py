@@ -17,7 +17,7 @@ from pipeline.splits import assign_splits
 
 def splits_of(cache_path: Path) -> dict[str, str]:
     with FeatureCache(cache_path) as cache:
-        return dict(zip(cache.paths, assign_splits(cache.paths, cache.labels, cache.splits)))
+        return dict(zip(cache.paths, assign_splits(cache.paths, cache.splits)))
 
 
 def extract(data: Path, cache: Path) -> None:
@@ -43,7 +43,7 @@ def test_adding_images_or_moving_the_folder_moves_no_old_image(tmp_path):
 def test_shares_are_close_to_the_fractions_in_every_class():
     paths = [f"class{c}/img_{i:05d}.jpg" for c in range(4) for i in range(2000)]
     labels = np.repeat(np.arange(4), 2000)
-    splits = assign_splits(paths, labels, np.array([""] * len(paths), dtype=object), fractions=(0.6, 0.2, 0.2))
+    splits = assign_splits(paths, np.array([""] * len(paths), dtype=object), fractions=(0.6, 0.2, 0.2))
     for c in range(4):
         mine = splits[labels == c]
         for split, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
@@ -53,14 +53,14 @@ def test_shares_are_close_to_the_fractions_in_every_class():
 def test_stored_splits_are_kept_and_the_rest_is_deterministic():
     paths = [f"x/{i}.png" for i in range(50)]
     stored = np.array(["test"] * 10 + [""] * 40, dtype=object)
-    first = assign_splits(paths, np.zeros(50, dtype=np.int64), stored)
+    first = assign_splits(paths, stored)
     assert list(first[:10]) == ["test"] * 10
-    assert list(first) == list(assign_splits(paths, np.zeros(50, dtype=np.int64), stored))
-    salted = assign_splits(paths, np.zeros(50, dtype=np.int64), stored, salt="other")
+    assert list(first) == list(assign_splits(paths, stored))
+    salted = assign_splits(paths, stored, salt="other")
     assert list(salted[10:]) != list(first[10:])
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.2), (0.7, 0.2, 0.2), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(PipelineError, match="--split"):
-        assign_splits(["a.png"], np.zeros(1, dtype=np.int64), np.array([""], dtype=object), fractions)
+        assign_splits(["a.png"], np.array([""], dtype=object), fractions)
