@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import re
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.images import ResizeSpec
 from pipeline.loader import LoadTask, iter_batches
 from pipeline.runs import load_run_config, resolve_run
-from pipeline.sources import NOT_IMAGE_EXTENSIONS
+from pipeline.sources import candidate_files
 
 RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 
@@ -121,11 +120,7 @@ def find_images(arguments: list[str]) -> list[LoadTask]:
         if path.is_file():
             tasks.append(LoadTask(argument, str(path)))
         elif path.is_dir():
-            for directory, subdirs, files in os.walk(path, followlinks=True):
-                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith(".") and Path(name).suffix.lower() not in NOT_IMAGE_EXTENSIONS:
-                        tasks.append(LoadTask(os.path.join(directory, name), os.path.join(directory, name)))
+            tasks.extend(LoadTask(str(path / name), str(path / name)) for name in candidate_files(path))
         else:
             raise PipelineError(f"{argument}: no such file or folder; pass image files or folders of images")
     if not tasks:

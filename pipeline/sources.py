@@ -61,7 +61,7 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
-def _candidate_files(folder: Path) -> list[str]:
+def candidate_files(folder: Path) -> list[str]:
     """Every file under ``folder`` that might be an image, relative to it, in sorted order."""
     found = []
     for directory, subdirs, files in os.walk(folder, followlinks=True):
@@ -87,7 +87,7 @@ def _from_folder(root: Path) -> Dataset:
         if not class_dirs:
             raise PipelineError(f"{group_dir}: no class folders; put each class's images in a folder named after the class")
         for class_dir in class_dirs:
-            files = _candidate_files(class_dir)
+            files = candidate_files(class_dir)
             if not files:
                 raise PipelineError(f"{class_dir}: class folder is empty; add images to it or remove it")
             prefix = os.path.relpath(class_dir, root).replace(os.sep, "/")
