@@ -21,9 +21,10 @@ class FeatureCache:
     not marked complete, or that an interrupted ``extract`` run is still filling.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, resuming: bool = False) -> None:
+        """``resuming=True`` is for ``extract`` itself, which opens the previous cache beside its own journal."""
         self.path = Path(path)
-        if schema.journal_dir(self.path).is_dir():
+        if not resuming and schema.journal_dir(self.path).is_dir():
             raise CacheError(
                 f"{self.path}: an extraction into this cache was interrupted and is incomplete; "
                 "run the same `python -m pipeline extract` command again to finish it"

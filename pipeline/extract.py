@@ -125,20 +125,7 @@ def _open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCac
             f"{path} was made with other settings ({'; '.join(recipe.differences(theirs))}); "
             "use the same settings, another --cache, or --force to rebuild it"
         )
-    return _open_ignoring_journal(path)
-
-
-def _open_ignoring_journal(path: Path) -> FeatureCache:
-    """Open the previous complete cache even though this run's journal sits beside it."""
-    journal_path = schema.journal_dir(path)
-    if not journal_path.is_dir():
-        return FeatureCache(path)
-    hidden = journal_path.with_name(journal_path.name + ".opening")
-    journal_path.rename(hidden)
-    try:
-        return FeatureCache(path)
-    finally:
-        hidden.rename(journal_path)
+    return FeatureCache(path, resuming=True)
 
 
 def _check_journal(journal: Journal, recipe: schema.Recipe, force: bool) -> None:

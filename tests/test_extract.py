@@ -20,6 +20,7 @@ from image_factory import make_class_folders, photo, save, truncated_jpeg
 
 from features_cache import schema
 from features_cache.errors import CacheError
+from features_cache.journal import Journal
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from pipeline.cli import main
@@ -230,11 +231,16 @@ def test_a_killed_incremental_run_keeps_the_old_cache_and_says_so(photos, tmp_pa
     cache_path = tmp_path / "features.h5"
     run_extract(options(photos, cache_path, weights_file))
     before = snapshot(cache_path)
-    journal = schema.journal_dir(cache_path)
-    journal.mkdir()
-    (journal / "recipe.json").write_text("{}")
+    with FeatureCache(cache_path) as cache:
+        Journal(cache_path).start(cache.recipe)  # what a run killed before its first batch leaves
     with pytest.raises(CacheError, match="interrupted .* run the same `python -m pipeline extract` command again"):
         FeatureCache(cache_path)
+    report = run_extract(options(photos, cache_path, weights_file))
+    assert report.written and report.extracted == 0 and not schema.journal_dir(cache_path).exists()
+    assert_same_cache(snapshot(cache_path), before)
+
+    schema.journal_dir(cache_path).mkdir()  # a journal without a readable recipe holds nothing: dropped
+    (schema.journal_dir(cache_path) / "recipe.json").write_text("{}")
     run_extract(options(photos, cache_path, weights_file))
     assert_same_cache(snapshot(cache_path), before)
 
