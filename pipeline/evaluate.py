@@ -1,0 +1,58 @@
+"""A trained run scored on another cache: new test photos, without training or extracting again.
+
+The cache must have been made the same way as the run's (same recipe fingerprint); its
+images may differ. Classes are matched by name, so the cache may hold a subset of the
+run's classes, never one the head does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from features_cache.reader import FeatureCache
+from pipeline.errors import PipelineError
+from pipeline.metrics import evaluate
+from pipeline.runs import check_same_cache, load_run_config, resolve_run, write_predictions
+
+
+@dataclasses.dataclass
+class Evaluation:
+    run_dir: Path
+    cache: Path
+    split: str
+    metrics: dict
+    out: Path
+
+
+def run_evaluate(run: str, cache_path: str, runs_dir: str = "runs", split: str = "all", out: str | None = None) -> Evaluation:
+    """Score every image of ``cache_path`` (or its stored ``split``) with the run's head."""
+    from classifiers import load_head
+
+    run_dir = resolve_run(run, runs_dir)
+    config = load_run_config(run_dir)
+    class_names = [str(name) for name in config["class_names"]]
+    with FeatureCache(cache_path) as cache:
+        check_same_cache(config, cache)
+        unknown = sorted(set(cache.class_names) - set(class_names))
+        if unknown:
+            raise PipelineError(
+                f"{cache.path}: classes {', '.join(unknown)} are not among the run's ({', '.join(class_names)}); "
+                "evaluate on images of the run's classes, or train a head on this cache"
+            )
+        rows = np.arange(len(cache)) if split == "all" else np.flatnonzero(cache.splits == split)
+        if len(rows) == 0:
+            raise PipelineError(f"{cache.path}: no images in the stored {split} split; use --split all")
+        labels = np.array([class_names.index(cache.class_names[label]) for label in cache.labels[rows]])
+        head = load_head(run_dir)
+        proba = np.zeros((len(rows), len(class_names)))
+        blocks = [head.predict_proba(block) for block in cache.iter_features(rows, batch_size=1024)]
+        proba[:, head.classes_] = np.concatenate(blocks)
+        metrics = evaluate(labels, proba, class_names)
+        destination = Path(out) if out else run_dir / f"evaluate-{Path(cache_path).stem}.csv"
+        write_predictions(
+            destination, [cache.paths[r] for r in rows], cache.splits[rows].tolist(), labels, proba, class_names
+        )
+    return Evaluation(run_dir, Path(cache_path), split, metrics, destination)
