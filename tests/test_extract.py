@@ -178,6 +178,12 @@ def test_split_folders_and_csv_manifest(tmp_path, weights_file):
         assert cache.paths == ["test/dog/img_000.jpg", "train/cat/img_000.jpg", "train/dog/img_001.jpg"]
         assert cache.class_names == ["kitty", "puppy"] and cache.splits.tolist() == ["test", "train", ""]
 
+    manifest.write_text(manifest.read_text().replace("test/dog/img_000.jpg,puppy", "test/dog/img_000.jpg,kitty"))
+    relabelled = run_extract(options(manifest, tmp_path / "csv.h5", weights_file))
+    assert relabelled.extracted == 0 and relabelled.written
+    with FeatureCache(tmp_path / "csv.h5") as cache:
+        assert cache.class_names == ["kitty", "puppy"] and cache.labels.tolist() == [0, 0, 1]
+
 
 def test_a_second_writer_is_refused(photos, tmp_path, weights_file):
     cache_path = tmp_path / "features.h5"
@@ -197,17 +203,23 @@ def run_cli(*args: str) -> subprocess.Popen:
     )
 
 
+def wait_for_segments(process: subprocess.Popen, cache_path: Path, count: int) -> Path:
+    """Wait until a running extraction has committed ``count`` batches to its journal."""
+    journal = schema.journal_dir(cache_path)
+    deadline = time.monotonic() + 120
+    while len(list(journal.glob("segment-*.h5"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return journal
+
+
 def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     data = make_class_folders(tmp_path / "many", {"a": 90, "b": 90}, size=(80, 60))
     args = ["--weights", str(weights_file), "--image-size", "32", "--batch-size", "4", "--precision", "float32"]
     cache_path = tmp_path / "killed.h5"
     process = run_cli("extract", str(data), "--cache", str(cache_path), *args, "--workers", "1")
-    journal = schema.journal_dir(cache_path)
-    deadline = time.monotonic() + 120
-    while len(list(journal.glob("segment-*.h5"))) < 5:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    journal = wait_for_segments(process, cache_path, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
     committed = len(list(journal.glob("segment-*.h5")))
@@ -225,6 +237,25 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     uninterrupted = tmp_path / "straight.h5"
     run_extract(options(data, uninterrupted, weights_file, storage_dtype="float16"))
     assert_same_cache(snapshot(cache_path), snapshot(uninterrupted), atol=1e-3)
+
+
+def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_file):
+    data = make_class_folders(tmp_path / "many", {"a": 60, "b": 60}, size=(80, 60))
+    args = ["--weights", str(weights_file), "--image-size", "32", "--batch-size", "4", "--precision", "float32"]
+    cache_path = tmp_path / "interrupted.h5"
+    process = run_cli("extract", str(data), "--cache", str(cache_path), *args, "--workers", "1")
+    journal = wait_for_segments(process, cache_path, 3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted: finished batches are kept" in err, err
+    kept = len(list(journal.glob("segment-*.h5")))
+    assert 3 <= kept < 30
+    resumed = run_cli("extract", str(data), "--cache", str(cache_path), *args)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert int(out.split("(")[1].split(" extracted")[0]) <= 120 - 4 * kept
+    with FeatureCache(cache_path) as cache:
+        assert len(cache) == 120
 
 
 def test_a_killed_incremental_run_keeps_the_old_cache_and_says_so(photos, tmp_path, weights_file):
