@@ -214,11 +214,25 @@ def wait_for_segments(process: subprocess.Popen, cache_path: Path, count: int) -
     return journal
 
 
+def cli_args(data: Path, cache_path: Path, weights_file: Path) -> list[str]:
+    return [
+        "extract", str(data), "--cache", str(cache_path), "--weights", str(weights_file),
+        "--image-size", "32", "--batch-size", "4", "--precision", "float32",
+    ]
+
+
+def resume(data: Path, cache_path: Path, weights_file: Path) -> int:
+    """Run the same extraction again to the end; returns how many images it extracted."""
+    resumed = run_cli(*cli_args(data, cache_path, weights_file))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    return int(out.split("(")[1].split(" extracted")[0])
+
+
 def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     data = make_class_folders(tmp_path / "many", {"a": 90, "b": 90}, size=(80, 60))
-    args = ["--weights", str(weights_file), "--image-size", "32", "--batch-size", "4", "--precision", "float32"]
     cache_path = tmp_path / "killed.h5"
-    process = run_cli("extract", str(data), "--cache", str(cache_path), *args, "--workers", "1")
+    process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
     journal = wait_for_segments(process, cache_path, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -227,11 +241,7 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     with pytest.raises(CacheError, match="interrupted"):
         FeatureCache(cache_path)
 
-    resumed = run_cli("extract", str(data), "--cache", str(cache_path), *args)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    extracted = int(out.split("(")[1].split(" extracted")[0])
-    assert extracted <= 180 - 4 * committed
+    assert resume(data, cache_path, weights_file) <= 180 - 4 * committed
     assert not journal.exists()
 
     uninterrupted = tmp_path / "straight.h5"
@@ -241,19 +251,15 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
 
 def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_file):
     data = make_class_folders(tmp_path / "many", {"a": 60, "b": 60}, size=(80, 60))
-    args = ["--weights", str(weights_file), "--image-size", "32", "--batch-size", "4", "--precision", "float32"]
     cache_path = tmp_path / "interrupted.h5"
-    process = run_cli("extract", str(data), "--cache", str(cache_path), *args, "--workers", "1")
+    process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
     journal = wait_for_segments(process, cache_path, 3)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted: finished batches are kept" in err, err
     kept = len(list(journal.glob("segment-*.h5")))
     assert 3 <= kept < 30
-    resumed = run_cli("extract", str(data), "--cache", str(cache_path), *args)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert int(out.split("(")[1].split(" extracted")[0]) <= 120 - 4 * kept
+    assert resume(data, cache_path, weights_file) <= 120 - 4 * kept
     with FeatureCache(cache_path) as cache:
         assert len(cache) == 120
 
