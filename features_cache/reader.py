@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -107,14 +107,24 @@ class FeatureCache:
                 position += len(run)
             yield block
 
-    def features(self, indices: np.ndarray | None = None, dtype: np.dtype | str = np.float32) -> np.ndarray:
-        """Load the features of ``indices`` (all rows if None) into memory, in that order."""
+    def features(
+        self,
+        indices: np.ndarray | None = None,
+        dtype: np.dtype | str = np.float32,
+        on_block: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Load the features of ``indices`` (all rows if None) into memory, in that order.
+
+        ``on_block(n)`` is called after each block of ``n`` rows, e.g. to advance a progress bar.
+        """
         n = len(self) if indices is None else len(indices)
         out = np.empty((n, *self.feature_shape), dtype=dtype)
         position = 0
         for block in self.iter_features(indices, batch_size=1024, dtype=dtype):
             out[position : position + len(block)] = block
             position += len(block)
+            if on_block is not None:
+                on_block(len(block))
         return out
 
 

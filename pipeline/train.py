@@ -151,14 +151,8 @@ def balanced_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 def load_features(cache: FeatureCache, indices: np.ndarray, what: str) -> np.ndarray:
-    out = np.empty((len(indices), *cache.feature_shape), dtype=np.float32)
-    position = 0
     with bar(f"loading {what} features", len(indices)) as advance:
-        for block in cache.iter_features(indices, batch_size=EVAL_ROWS):
-            out[position : position + len(block)] = block
-            position += len(block)
-            advance(len(block))
-    return out
+        return cache.features(indices, on_block=advance)
 
 
 def run_name(options: TrainOptions, params: dict, varying: list[str], stamp: str) -> str:
