@@ -25,7 +25,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
         "n": int(len(y_true)),
         "accuracy": float(np.mean(predicted == y_true)),
         "macro_f1": float(np.mean(f1[present])),
-        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1), labels=labels)),
+        "log_loss": float(log_loss(y_true, proba, labels=labels)),  # sklearn clips to [eps, 1 - eps] itself
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
