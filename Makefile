@@ -54,12 +54,13 @@ bench: setup
 	$(PY) -m pipeline.bench --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
 		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
 
-# After training: `make report RUN=<run>` (misclassified images, errors.csv, report.html),
+# After training: `make report [RUN=<run>]` (misclassified images, errors.csv, report.html; the latest run
+# by default, on test or on val where there is no test split),
 # `make audit CACHE=...` (likely label errors), `make predict RUN=<run> IMAGES="a.jpg folder/"`
 # (writes $(PREDICTIONS)), `make export RUN=<run> OUT=model.keras` (raw uint8 images in, probabilities out).
 RUN ?=
 RUNS_DIR ?= runs
-SPLIT ?= test
+SPLIT ?=
 IMAGES ?=
 PREDICTIONS ?= predictions.csv
 OUT ?= model.keras
@@ -68,8 +69,7 @@ need_run = $(if $(RUN),,$(error pass RUN=<run folder or name under $(RUNS_DIR)>)
 .PHONY: report audit predict export
 
 report: setup
-	$(need_run)
-	$(PY) -m pipeline report $(RUN) --split $(SPLIT) --runs-dir $(RUNS_DIR)
+	$(PY) -m pipeline report $(RUN) $(if $(SPLIT),--split $(SPLIT)) --runs-dir $(RUNS_DIR)
 
 audit: setup
 	$(PY) -m pipeline audit $(CACHE)

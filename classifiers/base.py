@@ -1,35 +1,49 @@
-"""The one interface every head implements, in the spirit of scikit-learn estimators.
+"""The one interface every head implements: a scikit-learn classifier on CNN codes.
 
-``__init__`` only stores keyword settings; ``fit`` learns and returns ``self``; what
-was learned lives in attributes ending in ``_``. A new head is a subclass that
-declares its settings in ``__init__`` and fills in ``fit``/``fit_stream``/
-``predict_proba``/``save``/``load``/``to_keras``.
+Every head is a ``BaseEstimator`` and ``ClassifierMixin``: ``__init__`` only stores
+keyword settings, ``_parameter_constraints`` declares what each may be, ``fit`` learns
+and returns ``self``, and fitted state ends in ``_`` (``classes_`` holds the class
+labels as given to ``fit``, e.g. class names). So heads work with ``clone``,
+``cross_val_predict``, ``GridSearchCV``, ``CalibratedClassifierCV`` and ``Pipeline``.
+
+``X`` is a batch of feature maps ``(n, h, w, c)`` or of already pooled features
+``(n, d)``, which a head reads as ``(n, 1, 1, d)`` maps.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import InvalidParameterError, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from pipeline.errors import PipelineError
 
 HEAD_FILE = "head.json"
 HISTORY_FILE = "history.json"
+# ``class_weight`` as scikit-learn classifiers take it: None, "balanced" or {label: weight}.
+CLASS_WEIGHT_CONSTRAINT: list = [StrOptions({"balanced"}), dict, None]
 
 
-class SettingError(PipelineError):
+class SettingError(PipelineError, ValueError):
     """An unknown setting or a value a head cannot use; shown as a one-line error."""
+
+
+class FeatureShapeError(PipelineError, ValueError):
+    """Features of another shape than the head was trained on."""
 
 
 class RowSource(Protocol):
     """Training rows that stay on disk and are read a few at a time (data larger than memory)."""
 
     labels: np.ndarray
-    """(n,) class index of every row, in row order."""
+    """(n,) class label of every row, in row order."""
 
     input_shape: tuple[int, ...]
     """(h, w, c) of one feature map."""
@@ -38,15 +52,21 @@ class RowSource(Protocol):
         """float32 features of the row positions ``rows`` (0..n-1), in that order."""
 
 
-class Head:
-    """Base class: settings handling, label bookkeeping and the save/load file layout."""
+class Head(ClassifierMixin, BaseEstimator):
+    """Base class: parameter checks, label bookkeeping, input checks and the save/load layout."""
 
     name: ClassVar[str]
     model_file: ClassVar[str]
+    _parameter_constraints: ClassVar[dict[str, list]] = {}
 
-    def get_params(self) -> dict[str, Any]:
-        """Every setting, defaults included, as passed to ``__init__``."""
-        return {key: getattr(self, key) for key in self.param_names()}
+    @classmethod
+    def param_names(cls) -> list[str]:
+        return sorted(cls._get_param_names())
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting with its default, as ``__init__`` declares it."""
+        return cls().get_params()
 
     def set_params(self, **params: Any) -> Head:
         unknown = sorted(set(params) - set(self.param_names()))
@@ -54,43 +74,21 @@ class Head:
             raise SettingError(
                 f"head {self.name!r} has no setting {', '.join(unknown)}; its settings are {', '.join(self.param_names())}"
             )
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        signature = inspect.signature(cls.__init__)
-        return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return super().set_params(**params)
 
     def check_params(self) -> None:
-        """Raise :class:`SettingError` for values this head cannot use (called before any work)."""
-        for key, default in self.defaults().items():
-            value = getattr(self, key)
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
-                raise SettingError(f"{self.name} setting {key}={value} must not be negative")
+        """Raise :class:`SettingError` with scikit-learn's one-line message for a value this head cannot use."""
+        try:
+            self._validate_params()
+        except InvalidParameterError as error:
+            raise SettingError(str(error)) from None
 
     # Learning -----------------------------------------------------------------
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        X_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None,
-        class_weight: dict[int, float] | None = None,
-    ) -> Head:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> Head:
         raise NotImplementedError
 
-    def fit_stream(
-        self, source: RowSource, *, val: RowSource | None = None, class_weight: dict[int, float] | None = None
-    ) -> Head:
+    def fit_stream(self, source: RowSource, *, val: RowSource | None = None) -> Head:
         """Like ``fit`` for training data read from disk batch by batch."""
         raise NotImplementedError
 
@@ -98,7 +96,8 @@ class Head:
         raise NotImplementedError
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        columns = np.argmax(self.predict_proba(X), axis=1)
+        return self.classes_[columns]
 
     def to_keras(self):
         """A ``keras.Model`` from a (h, w, c) float32 features batch to class probabilities."""
@@ -107,31 +106,65 @@ class Head:
     # Shared helpers for subclasses -----------------------------------------------
 
     def _start_fit(self, y: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-        """Check settings, record classes and input shape; return y as 0..k-1 column indices."""
+        """Check settings and labels, record classes and input shape; return y as 0..k-1 column indices."""
         self.check_params()
-        self.classes_ = np.unique(np.asarray(y, dtype=np.int64))
+        if y is None:
+            raise SettingError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        self.classes_, columns = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise SettingError(f"{self.name}: training data has {len(self.classes_)} class; at least 2 are needed")
-        self.input_shape_ = tuple(int(d) for d in input_shape)
+            raise SettingError(
+                f"{self.name}: the training data holds {len(self.classes_)} class; a classifier needs at least 2"
+            )
+        shape = tuple(int(d) for d in input_shape)
+        self.input_shape_ = (1, 1, shape[0]) if len(shape) == 1 else shape
         self.n_features_in_ = int(np.prod(self.input_shape_))
-        return self._column(y)
+        return columns
 
-    def _column(self, y: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.classes_, np.asarray(y, dtype=np.int64))
-
-    def _column_weights(self, class_weight: dict[int, float] | None) -> dict[int, float] | None:
-        if class_weight is None:
-            return None
-        return {column: float(class_weight.get(int(label), 1.0)) for column, label in enumerate(self.classes_)}
-
-    def _check_input(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
-        if tuple(X.shape[1:]) != self.input_shape_:
-            raise PipelineError(
+    def _validate_X(self, X: np.ndarray, *, fitting: bool = False) -> np.ndarray:
+        """X as float32 maps (n, h, w, c): finite, non-empty, of the trained shape once fitted."""
+        X = check_array(X, allow_nd=True, dtype=np.float32)
+        if X.ndim == 2:
+            X = X[:, None, None, :]
+        elif X.ndim != 4:
+            raise FeatureShapeError(
+                f"{self.name}: features must be (n, h, w, c) maps or (n, d) pooled vectors, got shape {X.shape}"
+            )
+        if not fitting and tuple(X.shape[1:]) != self.input_shape_:
+            if X.shape[1:3] == (1, 1) and self.input_shape_[:2] == (1, 1):
+                raise FeatureShapeError(
+                    f"X has {X.shape[3]} features, but {type(self).__name__} is expecting {self.n_features_in_} features as input."
+                )
+            raise FeatureShapeError(
                 f"{self.name} head was trained on features of shape {self.input_shape_}, got {tuple(X.shape[1:])}; "
                 "use a cache made with the same backbone and image size"
             )
         return X
+
+    def _column(self, y: np.ndarray) -> np.ndarray:
+        """Labels as column indices into ``classes_``; a label the head never saw is an error."""
+        y = np.asarray(y)
+        columns = np.searchsorted(self.classes_, y)
+        columns = np.clip(columns, 0, len(self.classes_) - 1)
+        unknown = self.classes_[columns] != y
+        if np.any(unknown):
+            raise SettingError(f"{self.name}: label {y[unknown][0]!r} is not among the training classes")
+        return columns
+
+    def _column_weights(self, columns: np.ndarray) -> dict[int, float] | None:
+        """``class_weight`` (None, "balanced" or {label: weight}) as {column: weight}."""
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is None:
+            return None
+        if isinstance(class_weight, str):
+            present = np.unique(columns)
+            weights = compute_class_weight("balanced", classes=present, y=columns)
+            return {int(c): float(w) for c, w in zip(present, weights)}
+        return {column: float(class_weight.get(label, 1.0)) for column, label in enumerate(self.classes_.tolist())}
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, "classes_")
 
     # Files ------------------------------------------------------------------------
 
@@ -143,14 +176,14 @@ class Head:
             "classes": self.classes_.tolist(),
             "input_shape": list(self.input_shape_),
         }
-        (folder / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / HEAD_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (folder / HISTORY_FILE).write_text(json.dumps(getattr(self, "history_", {}), indent=2) + "\n")
 
     @classmethod
     def _load_meta(cls, folder: Path) -> Head:
-        meta = json.loads((folder / HEAD_FILE).read_text())
+        meta = json.loads((folder / HEAD_FILE).read_text(encoding="utf-8"))
         head = cls(**meta["params"])
-        head.classes_ = np.asarray(meta["classes"], dtype=np.int64)
+        head.classes_ = np.asarray(meta["classes"])
         head.input_shape_ = tuple(meta["input_shape"])
         head.n_features_in_ = int(np.prod(head.input_shape_))
         history = folder / HISTORY_FILE
@@ -164,6 +197,3 @@ class Head:
     def load(cls, folder: Path) -> Head:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({settings})"

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+from typing import ClassVar
+
 import keras
+from sklearn.utils._param_validation import Interval
 
 from classifiers.keras_head import KerasHead
 
 
 class DenseHead(KerasHead):
+    """Flatten -> Dense(units, relu) -> Dropout -> Dense(softmax), RMSprop(2e-4), batch 20, 20 epochs.
+
+    ``early_stopping``/``reduce_lr``: patience in epochs on validation loss (0 = off);
+    ``standardize``: per-channel standardisation of the features, fitted on the training rows;
+    ``validation_fraction``: rows held out for those callbacks when ``fit`` gets no validation data.
+    """
+
     name = "dense"
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **KerasHead._parameter_constraints,
+        "units": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+    }
 
     def __init__(
         self,
@@ -22,10 +38,11 @@ class DenseHead(KerasHead):
         early_stopping: int = 0,
         reduce_lr: int = 0,
         standardize: bool = True,
+        validation_fraction: float = 0.1,
+        class_weight: dict | str | None = None,
+        verbose: int | str = "auto",
         seed: int = 0,
     ) -> None:
-        """``early_stopping``/``reduce_lr``: patience in epochs on validation loss (0 = off);
-        ``standardize``: per-channel standardisation of the features, fitted on the training rows."""
         self.units = units
         self.dropout = dropout
         self.learning_rate = learning_rate
@@ -35,6 +52,9 @@ class DenseHead(KerasHead):
         self.early_stopping = early_stopping
         self.reduce_lr = reduce_lr
         self.standardize = standardize
+        self.validation_fraction = validation_fraction
+        self.class_weight = class_weight
+        self.verbose = verbose
         self.seed = seed
 
     def body(self, x, n_classes: int):

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from numbers import Real
+from typing import ClassVar
+
 import keras
+from sklearn.utils._param_validation import Interval
 
 from classifiers.keras_head import KerasHead
 
 
 class GapHead(KerasHead):
+    """GlobalAveragePooling2D -> (Dropout) -> Dense(softmax), Adam(1e-3), batch 32, 30 epochs.
+
+    ``early_stopping``/``reduce_lr``: patience in epochs on validation loss (0 = off);
+    ``standardize``: per-channel standardisation of the features, fitted on the training rows;
+    ``validation_fraction``: rows held out for those callbacks when ``fit`` gets no validation data.
+    """
+
     name = "gap"
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **KerasHead._parameter_constraints,
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+    }
 
     def __init__(
         self,
@@ -21,10 +36,11 @@ class GapHead(KerasHead):
         early_stopping: int = 0,
         reduce_lr: int = 0,
         standardize: bool = True,
+        validation_fraction: float = 0.1,
+        class_weight: dict | str | None = None,
+        verbose: int | str = "auto",
         seed: int = 0,
     ) -> None:
-        """``early_stopping``/``reduce_lr``: patience in epochs on validation loss (0 = off);
-        ``standardize``: per-channel standardisation of the features, fitted on the training rows."""
         self.dropout = dropout
         self.learning_rate = learning_rate
         self.optimizer = optimizer
@@ -33,6 +49,9 @@ class GapHead(KerasHead):
         self.early_stopping = early_stopping
         self.reduce_lr = reduce_lr
         self.standardize = standardize
+        self.validation_fraction = validation_fraction
+        self.class_weight = class_weight
+        self.verbose = verbose
         self.seed = seed
 
     def body(self, x, n_classes: int):

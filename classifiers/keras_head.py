@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from numbers import Integral, Real
 from pathlib import Path
+from typing import ClassVar
 
 import keras
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from classifiers.base import Head, RowSource, SettingError
+from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PREDICT_BATCH = 1024
@@ -26,6 +29,8 @@ PREDICT_BATCH = 1024
 # gap 30 epochs 13 s -> 9 s.
 JIT_COMPILE = {"tensorflow": True}
 STEPS_PER_EXECUTION = 32
+# Relative variance below which a channel counts as constant in training (scaled by 1, not 1/std).
+CONSTANT_VARIANCE = 1e-10
 
 
 def seed_everything(seed: int) -> None:
@@ -65,7 +70,12 @@ class StreamBatches(keras.utils.PyDataset):
 
 
 def channel_stats(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance over every row and grid cell, accumulated block by block."""
+    """Per-channel mean and variance over every row and grid cell, accumulated block by block.
+
+    A channel that is (nearly) constant in training gets variance 1, as scikit-learn's
+    ``StandardScaler`` gives it scale 1: dividing by ~0 would turn a tiny activation at
+    test time into a huge input.
+    """
     total = squares = None
     count = 0
     for block in blocks:
@@ -74,13 +84,29 @@ def channel_stats(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
         squares = (flat**2).sum(axis=0) if squares is None else squares + (flat**2).sum(axis=0)
         count += len(flat)
     mean = total / count
-    return mean.astype(np.float32), np.maximum(squares / count - mean**2, 0).astype(np.float32)
+    variance = np.maximum(squares / count - mean**2, 0)
+    constant = variance <= CONSTANT_VARIANCE * np.maximum(mean**2, 1.0)
+    variance[constant] = 1.0
+    return mean.astype(np.float32), variance.astype(np.float32)
 
 
 class KerasHead(Head):
     """A small Keras model on the features, trained with sparse categorical cross-entropy."""
 
     model_file = "model.keras"
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": [Interval(Integral, 0, None, closed="left")],
+        "reduce_lr": [Interval(Integral, 0, None, closed="left")],
+        "standardize": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "class_weight": CLASS_WEIGHT_CONSTRAINT,
+        "verbose": [StrOptions({"auto"}), Interval(Integral, 0, 2, closed="both")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+    }
 
     def body(self, x, n_classes: int):
         """The head's layers from (standardised) features ``x`` to ``n_classes`` softmax probabilities."""
@@ -91,34 +117,45 @@ class KerasHead(Head):
         x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)(inputs) if self.standardize else inputs
         return keras.Model(inputs, self.body(x, n_classes), name=f"{self.name}_head")
 
-    def check_params(self) -> None:
-        super().check_params()
-        if self.optimizer not in OPTIMIZERS:
-            raise SettingError(f"{self.name}: optimizer={self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise SettingError(f"{self.name}: batch_size and epochs must be at least 1")
-        if not 0 <= getattr(self, "dropout", 0.0) < 1:
-            raise SettingError(f"{self.name}: dropout={self.dropout} must be in [0, 1)")
+    def fit(self, X, y, *, X_val=None, y_val=None) -> KerasHead:
+        """Train on ``X, y``; ``X_val, y_val`` are watched by early stopping and ``reduce_lr`` and kept in the history.
 
-    def fit(self, X, y, *, X_val=None, y_val=None, class_weight=None) -> KerasHead:
-        columns = self._start_fit(y, np.shape(X)[1:])
-        X = self._check_input(X)
-        val = None if X_val is None else (self._check_input(X_val), self._column(y_val))
-        self._train(X, columns, val, class_weight, channel_stats([X]) if self.standardize else None)
+        Without them, early stopping and ``reduce_lr`` hold out ``validation_fraction`` of the
+        training rows (stratified, seeded), as scikit-learn's ``MLPClassifier`` does.
+        """
+        self.check_params()
+        X = self._validate_X(X, fitting=True)
+        columns = self._start_fit(y, X.shape[1:])
+        val = None
+        if X_val is not None:
+            val = (self._validate_X(X_val), self._column(y_val))
+        elif self.early_stopping or self.reduce_lr:
+            X, columns, val = self._hold_out(X, columns)
+        self._train(X, columns, val, channel_stats([X]) if self.standardize else None)
         return self
 
-    def fit_stream(self, source: RowSource, *, val: RowSource | None = None, class_weight=None) -> KerasHead:
+    def _hold_out(self, X: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+        from sklearn.model_selection import train_test_split
+
+        counts = np.bincount(columns)
+        stratify = columns if counts.min() >= 2 and round(self.validation_fraction * len(X)) >= len(counts) else None
+        X_fit, X_val, y_fit, y_val = train_test_split(
+            X, columns, test_size=self.validation_fraction, random_state=self.seed, stratify=stratify
+        )
+        return X_fit, y_fit, (X_val, y_val)
+
+    def fit_stream(self, source: RowSource, *, val: RowSource | None = None) -> KerasHead:
         columns = self._start_fit(source.labels, source.input_shape)
+        if val is None and (self.early_stopping or self.reduce_lr):
+            raise SettingError(f"{self.name}: early_stopping and reduce_lr watch the validation loss; pass validation rows")
         batches = StreamBatches(source, columns, self.batch_size, self.seed, shuffle=True)
         val_batches = None if val is None else StreamBatches(val, self._column(val.labels), PREDICT_BATCH, 0, False)
         rows = np.arange(len(columns))
         reads = (source.read(rows[i : i + PREDICT_BATCH]) for i in range(0, len(rows), PREDICT_BATCH))
-        self._train(batches, None, val_batches, class_weight, channel_stats(reads) if self.standardize else None)
+        self._train(batches, columns, val_batches, channel_stats(reads) if self.standardize else None, streamed=True)
         return self
 
-    def _train(self, x, y, val, class_weight, stats: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if val is None and (self.early_stopping or self.reduce_lr):
-            raise SettingError(f"{self.name}: early_stopping and reduce_lr watch the validation loss; pass validation data")
+    def _train(self, x, columns, val, stats: tuple[np.ndarray, np.ndarray] | None, streamed: bool = False) -> None:
         seed_everything(self.seed)
         mean, variance = stats if stats is not None else (None, None)
         model = self.build(len(self.classes_), mean, variance)
@@ -137,23 +174,28 @@ class KerasHead(Head):
             callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=self.reduce_lr, min_lr=1e-6))
         history = model.fit(
             x,
-            y,
-            batch_size=None if y is None else self.batch_size,
+            None if streamed else columns,
+            batch_size=None if streamed else self.batch_size,
             epochs=self.epochs,
             validation_data=val,
-            class_weight=self._column_weights(class_weight),
+            class_weight=self._column_weights(columns),
             shuffle=True,
             callbacks=callbacks,
-            verbose=1 if sys.stderr.isatty() else 0,
+            verbose=self._keras_verbose(),
         )
         self.model_ = model
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
 
+    def _keras_verbose(self) -> int:
+        """"auto": Keras's progress bar on a terminal, one line per epoch in a log."""
+        if self.verbose == "auto":
+            return 1 if sys.stdout.isatty() else 2
+        return int(self.verbose)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_input(X)
+        self._check_fitted()
+        X = self._validate_X(X)
         parts = [np.asarray(self.model_.predict_on_batch(X[i : i + PREDICT_BATCH])) for i in range(0, len(X), PREDICT_BATCH)]
-        if not parts:
-            return np.empty((0, len(self.classes_)))
         proba = np.concatenate(parts).astype(np.float64)
         return proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1 by ~1e-7
 

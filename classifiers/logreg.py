@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from pathlib import Path
+from typing import ClassVar
 
 import joblib
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from classifiers.base import Head, RowSource, SettingError
+from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError
 
 POOLINGS = ("avg", "max", "flatten")
 READ_ROWS = 1024
 
 
 class LogRegHead(Head):
+    """Multinomial ``LogisticRegression`` on standardised features.
+
+    ``pooling``: avg or max over the spatial grid (c features), or flatten (h*w*c).
+    """
+
     name = "logreg"
     model_file = "model.joblib"
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "class_weight": CLASS_WEIGHT_CONSTRAINT,
+    }
 
-    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, pooling: str = "avg", tol: float = 1e-4) -> None:
-        """``pooling``: avg or max over the spatial grid (c features), or flatten (h*w*c)."""
+    def __init__(
+        self,
+        *,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        pooling: str = "avg",
+        tol: float = 1e-4,
+        class_weight: dict | str | None = None,
+    ) -> None:
         self.C = C
         self.max_iter = max_iter
         self.pooling = pooling
         self.tol = tol
-
-    def check_params(self) -> None:
-        super().check_params()
-        if self.pooling not in POOLINGS:
-            raise SettingError(f"logreg: pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
-        if self.C <= 0 or self.max_iter < 1:
-            raise SettingError("logreg: C must be positive and max_iter at least 1")
+        self.class_weight = class_weight
 
     def _reduce(self, X: np.ndarray) -> np.ndarray:
         if self.pooling == "avg":
@@ -38,15 +54,17 @@ class LogRegHead(Head):
             return X.max(axis=(1, 2))
         return X.reshape(len(X), -1)
 
-    def fit(self, X, y, *, X_val=None, y_val=None, class_weight=None) -> LogRegHead:
-        columns = self._start_fit(y, np.shape(X)[1:])
-        X = self._reduce(self._check_input(X))
-        self._fit_reduced(X, columns, class_weight)
+    def fit(self, X, y, *, X_val=None, y_val=None) -> LogRegHead:
+        """Fit on ``X, y``; ``X_val, y_val`` only add the validation loss and accuracy to ``history_``."""
+        self.check_params()
+        X = self._validate_X(X, fitting=True)
+        columns = self._start_fit(y, X.shape[1:])
+        self._fit_reduced(self._reduce(X), columns)
         if X_val is not None:
-            self._record_val(self._reduce(self._check_input(X_val)), self._column(y_val))
+            self._record_val(self._reduce(self._validate_X(X_val)), self._column(y_val))
         return self
 
-    def fit_stream(self, source: RowSource, *, val: RowSource | None = None, class_weight=None) -> LogRegHead:
+    def fit_stream(self, source: RowSource, *, val: RowSource | None = None) -> LogRegHead:
         """Pools each block as it is read, so only (n, c) floats are ever in memory."""
         columns = self._start_fit(source.labels, source.input_shape)
         if self.pooling == "flatten":
@@ -54,7 +72,7 @@ class LogRegHead(Head):
                 "logreg: flattened features do not fit in memory for this cache; use --set pooling=avg (or max), "
                 "which learns on pooled features read block by block"
             )
-        self._fit_reduced(self._read_reduced(source), columns, class_weight)
+        self._fit_reduced(self._read_reduced(source), columns)
         if val is not None:
             self._record_val(self._read_reduced(val), self._column(val.labels))
         return self
@@ -63,16 +81,17 @@ class LogRegHead(Head):
         rows = np.arange(len(source.labels))
         return np.concatenate([self._reduce(source.read(rows[i : i + READ_ROWS])) for i in range(0, len(rows), READ_ROWS)])
 
-    def _fit_reduced(self, X: np.ndarray, columns: np.ndarray, class_weight) -> None:
+    def _fit_reduced(self, X: np.ndarray, columns: np.ndarray) -> None:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        weights = self._column_weights(class_weight)
+        weights = self._column_weights(columns)
         sample_weight = None if weights is None else np.array([weights[c] for c in columns])
         self.scaler_ = StandardScaler().fit(X)
         self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
         self.model_.fit(self.scaler_.transform(X), columns, sample_weight=sample_weight)
-        self.history_ = {"n_iter": [int(np.max(self.model_.n_iter_))]}
+        self.n_iter_ = self.model_.n_iter_
+        self.history_ = {"n_iter": [int(np.max(self.n_iter_))]}
 
     def _record_val(self, X_val: np.ndarray, columns: np.ndarray) -> None:
         from sklearn.metrics import log_loss
@@ -82,8 +101,10 @@ class LogRegHead(Head):
         self.history_["val_accuracy"] = [float(np.mean(np.argmax(proba, axis=1) == columns))]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._reduce(self._check_input(X))
-        return self.model_.predict_proba(self.scaler_.transform(X))
+        self._check_fitted()
+        X = self._reduce(self._validate_X(X))
+        proba = self.model_.predict_proba(self.scaler_.transform(X)).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)  # float32 inputs give float32 rows that drift from 1
 
     def folded_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(d, k) kernel and (k,) bias of softmax(x @ W + b) equal to ``predict_proba`` on reduced x.
@@ -119,4 +140,5 @@ class LogRegHead(Head):
         head = cls._load_meta(folder)
         state = joblib.load(folder / cls.model_file)
         head.scaler_, head.model_ = state["scaler"], state["model"]
+        head.n_iter_ = head.model_.n_iter_
         return head

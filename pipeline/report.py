@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import html_page
+from pipeline.curves import learning_curve_svg
 from pipeline.errors import PipelineError
-from pipeline.runs import load_run_config, resolve_run
+from pipeline.runs import load_run_config, read_index, resolve_run
 
 ERRORS_COLUMNS = ("path", "true", "predicted", "confidence", "runner_up")
 
@@ -79,18 +81,34 @@ def class_name(value: str, class_names: list[str]) -> str:
     raise PipelineError(f"predictions.csv: unknown class {value!r}; the run's classes are {', '.join(class_names)}")
 
 
-def build_report(run: str, split: str = "test", runs_dir: str | Path = "runs") -> ErrorReport:
-    """Find the misclassified images of ``split`` and write ``errors.csv`` and ``report.html``."""
+def latest_run(runs_dir: str | Path = "runs") -> str:
+    """The name of the most recently trained run under ``runs_dir``."""
+    entries = read_index(runs_dir)
+    if not entries:
+        raise PipelineError(f"no runs in {runs_dir}/ yet; train one with `make train-head` or `python -m pipeline train CACHE.h5`")
+    return entries[-1]["name"]  # the index is append-only: the last line is the newest run
+
+
+def build_report(run: str, split: str | None = None, runs_dir: str | Path = "runs") -> ErrorReport:
+    """Find the misclassified images of ``split`` and write ``errors.csv`` and ``report.html``.
+
+    ``split`` None means test when the run has test images, else val (a data set with
+    ``train/`` and ``validation/`` folders only).
+    """
     run_dir = resolve_run(run, runs_dir)
     config = load_run_config(run_dir)
     class_names = [str(name) for name in config["class_names"]]
     data_root = Path(str(config.get("cache", {}).get("data_root", "")))
-    rows = [row for row in read_predictions(run_dir, class_names) if row["split"] == split]
+    predictions = read_predictions(run_dir, class_names)
+    present = {row["split"] for row in predictions}
+    if split is None:
+        split = "test" if "test" in present else "val"
+    rows = [row for row in predictions if row["split"] == split]
     if not rows:
-        other = "val" if split == "test" else "test"
+        others = " or ".join(f"--split {s}" for s in ("test", "val") if s in present and s != split)
         raise PipelineError(
-            f"{run_dir}: the run has no {split} images; pass --split {other}, "
-            f"or train on a cache whose data has a {split}/ folder or {split} rows in its CSV"
+            f"{run_dir}: the run has no {split} images"
+            + (f"; pass {others}" if others else "; train it again on a cache with held-out images")
         )
     index = {name: i for i, name in enumerate(class_names)}
     confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
@@ -119,8 +137,18 @@ def build_report(run: str, split: str = "test", runs_dir: str | Path = "runs") -
         run_dir, split, len(rows), class_names, mistakes, confusion, run_dir / "errors.csv", run_dir / "report.html"
     )
     write_errors_csv(report)
-    html_page.write_page(report.html, render(report, str(config.get("name", run_dir.name)), str(config.get("head", ""))))
+    name, head = str(config.get("name", run_dir.name)), str(config.get("head", ""))
+    html_page.write_page(report.html, render(report, name, head, read_history(run_dir)))
     return report
+
+
+def read_history(run_dir: Path) -> dict:
+    """The run's per-epoch history; empty when missing or unreadable (the curve is then left out)."""
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return history if isinstance(history, dict) else {}
 
 
 def write_errors_csv(report: ErrorReport) -> None:
@@ -137,7 +165,7 @@ def summary_line(report: ErrorReport) -> str:
     return f"errors: {len(report.mistakes)}/{report.total} ({100 * report.error_rate:.1f}%)"
 
 
-def render(report: ErrorReport, name: str, head: str) -> str:
+def render(report: ErrorReport, name: str, head: str, history: dict) -> str:
     cards = [
         html_page.Card(
             m.path,
@@ -151,12 +179,16 @@ def render(report: ErrorReport, name: str, head: str) -> str:
         for m in report.mistakes
     ]
     per_class = ", ".join(f"{cls} {count}" for cls, count in report.errors_per_class().items())
+    sections = [
+        (f"Misclassified images ({len(report.mistakes)}), most confident first", html_page.cards_html(cards)),
+        ("Confusion matrix (rows: true class, columns: predicted)", html_page.confusion_svg(report.confusion, report.class_names)),
+        ("Per-class metrics", html_page.metrics_table(html_page.per_class_metrics(report.confusion, report.class_names))),
+    ]
+    curve = learning_curve_svg(history)
+    if curve:
+        sections.insert(1, ("Learning curve (training and validation, per epoch)", f'<div class="curves">{curve}</div>'))
     return html_page.render_page(
         f"Errors of run {name} on its {report.split} images",
         [f"head: {head}" if head else "", summary_line(report), f"errors per true class: {per_class}"],
-        [
-            (f"Misclassified images ({len(report.mistakes)}), most confident first", html_page.cards_html(cards)),
-            ("Confusion matrix (rows: true class, columns: predicted)", html_page.confusion_svg(report.confusion, report.class_names)),
-            ("Per-class metrics", html_page.metrics_table(html_page.per_class_metrics(report.confusion, report.class_names))),
-        ],
+        sections,
     )

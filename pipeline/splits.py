@@ -1,17 +1,35 @@
-"""A train/val/test split that never moves an image once decided.
+"""Train/val/test splits that are stratified per class and never move an image once decided.
 
-Each image without a stored split draws a number in [0, 1) from a hash of its path
-relative to the data root, and the fractions cut [0, 1) into train, val and test.
-The decision depends on nothing but that path, so adding images never moves old
-ones and moving the data folder changes nothing. Every class gets the fractions in
-expectation (the hash ignores the class); a per-class ranking would be exactly
-stratified but would reshuffle old images whenever a class grows.
+A split stored in the cache (``train/``, ``val/``, ``test/`` folders or a CSV column) always
+wins. The rest is decided here, class by class:
+
+- images without a stored split get train/val/test in the ``--split`` shares;
+- when the stored splits have no val (``train/`` + ``validation/`` has one, ``train/`` +
+  ``test/`` or ``train/`` alone has not), val is carved out of the stored train images in
+  the share val / (train + val);
+- when nothing ends up in test, there is no test split: metrics and the report use val.
+
+Within a class, undecided images are taken in the order of a hash of their path and each
+goes to the split furthest below its share of the class, with a share of at least one
+image for val and test from a class's third image on: a class of 4 or more images always
+has a val and (where test is drawn) a test image, and every split is within about one
+image of its share. Decisions are remembered in a
+small JSON file beside the cache, so adding images only places the new ones: old images
+never move. No stateless rule can do both, since a split that depends on the image alone
+cannot guarantee a 12-image class any val image. Without the file (deleted, or the cache's
+folder read-only) the same rule replays from scratch, which is the same result as long as
+no image was added in between.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -19,16 +37,24 @@ from pipeline.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+MEMORY_VERSION = 1
+# From a class's third image on, each held-out split with a share is owed at least one image.
+MIN_CLASS_FOR_HELD_OUT = 3
 
 
 def path_unit(path: str, salt: str = "") -> float:
     """A uniform number in [0, 1) decided only by ``salt`` and the relative POSIX ``path``."""
-    digest = hashlib.blake2b(f"{salt}\0{path}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{salt}\0{path}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or fractions[0] <= 0:
+    if (
+        len(fractions) != 3
+        or not all(np.isfinite(f) and f >= 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+        or fractions[0] <= 0
+    ):
         raise PipelineError(
             f"split fractions {','.join(map(str, fractions))} are not train,val,test shares summing to 1; "
             "use e.g. --split 0.7,0.15,0.15"
@@ -36,25 +62,126 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return (float(fractions[0]), float(fractions[1]), float(fractions[2]))
 
 
-def assign_splits(
-    paths: Sequence[str],
-    stored_splits: np.ndarray,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    salt: str = "",
-) -> np.ndarray:
-    """An object array of "train"/"val"/"test": the stored split where there is one, else the path hash's.
+@dataclasses.dataclass
+class SplitPlan:
+    """Every row's split, and the sentences that say how they were decided."""
 
-    The class is not needed: a per-image threshold splits every class in the same
-    proportions in expectation.
-    """
-    train, val, _ = check_fractions(fractions)
-    if len(paths) != len(stored_splits):
-        raise ValueError("paths and stored_splits must have the same length")
-    out = np.empty(len(paths), dtype=object)
-    for i, (path, stored) in enumerate(zip(paths, stored_splits)):
-        if stored:
-            out[i] = str(stored)
-            continue
-        u = path_unit(path, salt)
-        out[i] = "train" if u < train else "val" if u < train + val else "test"
-    return out
+    splits: np.ndarray
+    notes: list[str]
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        """The splits metrics are reported on: val, and test when there is one."""
+        return tuple(split for split in ("val", "test") if len(self.rows(split)))
+
+
+def fill_quotas(
+    undecided: Sequence[str], decided: Sequence[str], fractions: tuple[float, float, float]
+) -> dict[str, str]:
+    """Place ``undecided`` paths of one class, in path-hash order, given the splits already ``decided``."""
+    counts = dict.fromkeys(SPLITS, 0)
+    for split in decided:
+        counts[split] += 1
+    share = dict(zip(SPLITS, fractions))
+    placed = {}
+    for path in sorted(undecided, key=lambda p: (path_unit(p), p)):
+        total = sum(counts.values()) + 1
+        target = {split: share[split] * total for split in SPLITS}
+        if total >= MIN_CLASS_FOR_HELD_OUT:
+            for split in ("val", "test"):
+                if share[split] > 0:
+                    target[split] = max(target[split], 1.0)
+        candidates = [split for split in SPLITS if share[split] > 0]
+        best = max(candidates, key=lambda split: (target[split] - counts[split], share[split], -SPLITS.index(split)))
+        counts[best] += 1
+        placed[path] = best
+    return placed
+
+
+def plan_splits(
+    paths: Sequence[str],
+    labels: np.ndarray,
+    stored_splits: Sequence[str],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    remembered: dict[str, str] | None = None,
+) -> tuple[SplitPlan, dict[str, str]]:
+    """Each row's split, and the decisions to remember (every split not stored in the cache)."""
+    train, val, test = check_fractions(fractions)
+    if not (len(paths) == len(labels) == len(stored_splits)):
+        raise ValueError("paths, labels and stored_splits must have the same length")
+    remembered = remembered or {}
+    stored = np.array([str(s) for s in stored_splits], dtype=object)
+    splits = stored.copy()
+    present = {s for s in stored.tolist() if s}
+    notes = []
+    groups: list[tuple[np.ndarray, tuple[float, float, float]]] = []
+    unsplit = np.flatnonzero(stored == "")
+    if len(unsplit):
+        groups.append((unsplit, (train, val, test)))
+        notes.append(
+            f"{len(unsplit)} images without a stored split: train/val/test {train:g}/{val:g}/{test:g} per class"
+        )
+    if present:
+        notes.insert(0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present))
+    if present and "train" not in present and not len(unsplit):
+        raise PipelineError("the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV")
+    if present and "val" not in present:
+        carve = np.flatnonzero(stored == "train")
+        share = val / (train + val) if val > 0 else DEFAULT_FRACTIONS[1] / sum(DEFAULT_FRACTIONS[:2])
+        groups.append((carve, (1 - share, share, 0.0)))
+        notes.append(f"no stored val split: val carved out of stored train, {share:.0%} of each class")
+    decisions: dict[str, str] = {}
+    for rows, shares in groups:
+        allowed = {split for split, s in zip(SPLITS, shares) if s > 0}
+        for label in np.unique(labels[rows]):
+            members = [paths[r] for r in rows[labels[rows] == label]]
+            kept = {p: remembered[p] for p in members if remembered.get(p) in allowed}
+            decided = {**kept, **fill_quotas([p for p in members if p not in kept], list(kept.values()), shares)}
+            decisions.update(decided)
+    index = {path: i for i, path in enumerate(paths)}
+    for path, split in decisions.items():
+        splits[index[path]] = split
+    if not np.any(splits == "test"):
+        notes.append("no test split: metrics and the report use val")
+    return SplitPlan(splits, notes), decisions
+
+
+def memory_path(cache_path: str | os.PathLike) -> Path:
+    """Where the split decisions for a cache are remembered: ``CACHE.splits.json`` beside it."""
+    cache_path = Path(cache_path)
+    return cache_path.with_name(cache_path.name + ".splits.json")
+
+
+def read_memory(path: Path, fractions: Sequence[float]) -> dict[str, str]:
+    """Decisions remembered for these ``fractions``; none when the file is missing, damaged or for other shares."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(payload, dict) or payload.get("version") != MEMORY_VERSION:
+        return {}
+    if [round(f, 9) for f in payload.get("fractions", [])] != [round(float(f), 9) for f in fractions]:
+        return {}
+    splits = payload.get("splits")
+    if not isinstance(splits, dict):
+        return {}
+    return {str(p): str(s) for p, s in splits.items() if s in SPLITS}
+
+
+def write_memory(path: Path, fractions: Sequence[float], decisions: dict[str, str]) -> str | None:
+    """Remember ``decisions`` atomically; returns a warning instead of failing where the folder is read-only."""
+    payload = {"version": MEMORY_VERSION, "fractions": [float(f) for f in fractions], "splits": dict(sorted(decisions.items()))}
+    text = json.dumps(payload, ensure_ascii=False, indent=0)
+    try:
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return None
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        return f"could not remember the splits in {path} ({error.strerror or error}); adding images later may move some"
+    return None

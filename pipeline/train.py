@@ -1,7 +1,8 @@
 """Stage two: train heads on a feature cache, one run per combination of settings.
 
 Features are read once per call, into memory when they fit and streamed from the
-HDF5 file when they do not, and every run shares them.
+HDF5 file when they do not, and every run shares them. Heads learn class names as
+labels, so a run's ``classes_`` are the cache's class names.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pipeline import runs
 from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
 from pipeline.progress import bar
-from pipeline.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits
+from pipeline import splits as split_rules
+from pipeline.splits import DEFAULT_FRACTIONS, SplitPlan
 from pipeline.versions import library_versions
 
 LOAD_MODES = ("auto", "memory", "stream")
@@ -52,12 +54,17 @@ class RunResult:
     entry: dict
 
 
+def class_labels(cache: FeatureCache, rows: np.ndarray) -> np.ndarray:
+    """The class names of cache rows ``rows``: what heads learn and predict."""
+    return np.asarray(cache.class_names, dtype=object)[cache.labels[rows]].astype(str)
+
+
 class CacheRows:
     """The rows ``indices`` of a cache as a :class:`classifiers.RowSource`, read on demand."""
 
     def __init__(self, cache: FeatureCache, indices: np.ndarray) -> None:
         self.cache, self.indices = cache, indices
-        self.labels = cache.labels[indices]
+        self.labels = class_labels(cache, indices)
         self.input_shape = cache.feature_shape
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -94,6 +101,10 @@ def coerce(head_cls: type[Head], name: str, text: str) -> Any:
             return int(text)
         if isinstance(default, float):
             return float(text)
+        if text.lower() == "none":
+            return None
+        if text.lstrip("-").isdigit():
+            return int(text)
     except ValueError:
         kind = "true or false" if isinstance(default, bool) else f"a number like {default!r}"
         raise SettingError(f"--set {name}={text}: not {kind}") from None
@@ -121,33 +132,34 @@ def available_memory() -> int:
         return 4 << 30
 
 
-def split_indices(cache: FeatureCache, fractions: Sequence[float]) -> dict[str, np.ndarray]:
-    """Row indices of each split; every split must hold images and training every class."""
+def plan_cache_splits(cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> SplitPlan:
+    """Every row's split (see :mod:`pipeline.splits`), remembered beside the cache; checked for training.
+
+    Training needs images of every class and a val split; a missing test split is allowed.
+    """
     if len(cache.class_names) < 2:
         raise PipelineError(
             f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
             "a classifier needs at least 2 class folders; add another class and run extract again"
         )
-    assigned = assign_splits(cache.paths, cache.splits, fractions)
-    indices = {split: np.flatnonzero(assigned == split) for split in SPLITS}
-    for split, rows in indices.items():
-        if len(rows) == 0:
+    memory = split_rules.memory_path(cache.path)
+    plan, decisions = split_rules.plan_splits(
+        cache.paths, cache.labels, cache.splits, fractions, split_rules.read_memory(memory, fractions)
+    )
+    if decisions:
+        warning = split_rules.write_memory(memory, fractions, decisions)
+        plan.notes.append(warning or f"decided splits remembered in {memory}")
+    for split in ("train", "val"):
+        if len(plan.rows(split)) == 0:
             raise PipelineError(
-                f"{cache.path}: the {split} split has no images ({len(cache)} in total); "
-                "add images, or give it a share with --split (e.g. 0.7,0.15,0.15)"
+                f"{cache.path}: the {split} split has no images ({len(cache)} in total, "
+                f"{'; '.join(plan.notes)}); add images to the classes"
             )
-    missing = sorted(set(range(len(cache.class_names))) - set(cache.labels[indices["train"]].tolist()))
+    missing = sorted(set(range(len(cache.class_names))) - set(cache.labels[plan.rows("train")].tolist()))
     if missing:
         names = ", ".join(cache.class_names[m] for m in missing)
         raise PipelineError(f"{cache.path}: class {names} has no training images; add images to it or remove the class")
-    return indices
-
-
-def balanced_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    """n / (k * n_c): rare classes weigh more, so each class counts equally in the loss."""
-    counts = np.bincount(labels, minlength=n_classes)
-    present = counts > 0
-    return {c: float(len(labels) / (present.sum() * counts[c])) for c in range(n_classes) if counts[c]}
+    return plan
 
 
 def load_features(cache: FeatureCache, indices: np.ndarray, what: str) -> np.ndarray:
@@ -160,55 +172,71 @@ def run_name(options: TrainOptions, params: dict, varying: list[str], stamp: str
     return "-".join([base, *(f"{key}={params[key]}" for key in varying)])
 
 
-def run_train(options: TrainOptions) -> Iterator[RunResult]:
-    """Train one run per settings combination, yielding each as it is written."""
+def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
+    """Train one run per settings combination, yielding each as it is written.
+
+    ``on_plan(plan)`` is called once the splits are decided, before any training.
+    """
     head_cls = get_head(options.head)
     if options.load not in LOAD_MODES or options.class_weight not in CLASS_WEIGHTS:
         raise PipelineError(f"--load must be one of {', '.join(LOAD_MODES)} and --class-weight one of {', '.join(CLASS_WEIGHTS)}")
-    grid = expand(head_cls, options.settings, options.seed)
-    varying = [name for name, values in options.settings.items() if len(values) > 1]
+    settings = dict(options.settings)
+    if options.class_weight == "balanced":
+        if "class_weight" not in head_cls.defaults():
+            raise PipelineError(f"head {options.head!r} has no class weights; drop --class-weight")
+        settings.setdefault("class_weight", ["balanced"])
+    grid = expand(head_cls, settings, options.seed)
+    varying = [name for name, values in settings.items() if len(values) > 1]
     runs_dir = Path(options.runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PipelineError(f"--runs-dir {runs_dir}: not a folder; pass a folder for the runs, e.g. --runs-dir runs") from None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
     with FeatureCache(options.cache) as cache:
-        indices = split_indices(cache, options.fractions)
+        plan = plan_cache_splits(cache, options.fractions)
+        if on_plan is not None:
+            on_plan(plan)
+        used = ("train", *plan.held_out)
+        indices = {split: plan.rows(split) for split in used}
         in_memory = options.load == "memory" or (
             options.load == "auto" and 3 * len(cache) * int(np.prod(cache.feature_shape)) * 4 < available_memory()
         )
         data = {split: load_features(cache, rows, split) for split, rows in indices.items()} if in_memory else None
-        class_weight = (
-            balanced_weights(cache.labels[indices["train"]], len(cache.class_names))
-            if options.class_weight == "balanced"
-            else None
-        )
+        labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)
             started = time.perf_counter()
             head = head_cls(**params)
             if data is not None:
-                head.fit(
-                    data["train"], cache.labels[indices["train"]],
-                    X_val=data["val"], y_val=cache.labels[indices["val"]], class_weight=class_weight,
-                )
+                head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"])
             else:
-                head.fit_stream(
-                    CacheRows(cache, indices["train"]), val=CacheRows(cache, indices["val"]), class_weight=class_weight
-                )
+                head.fit_stream(CacheRows(cache, indices["train"]), val=CacheRows(cache, indices["val"]))
             fit_seconds = time.perf_counter() - started
-            probas = {split: predict(head, cache, indices[split], None if data is None else data[split]) for split in ("val", "test")}
-            metrics = {
-                split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas
+            probas = {
+                split: predict(head, cache, indices[split], None if data is None else data[split]) for split in plan.held_out
             }
-            config = run_config(options, cache, head, name, in_memory, class_weight, fit_seconds)
+            metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
+            config = run_config(options, cache, head, name, in_memory, plan, fit_seconds)
             yield RunResult(name, folder, write_run(runs_dir, folder, head, config, metrics, cache, indices, probas))
 
 
 def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None) -> np.ndarray:
-    """Probabilities for cache rows ``rows``: from ``loaded`` features, else read block by block."""
+    """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in blocks."""
     if loaded is not None:
-        return head.predict_proba(loaded)
-    return np.concatenate([head.predict_proba(block) for block in cache.iter_features(rows, batch_size=EVAL_ROWS)])
+        proba = head.predict_proba(loaded)
+    else:
+        proba = np.concatenate([head.predict_proba(block) for block in cache.iter_features(rows, batch_size=EVAL_ROWS)])
+    return class_columns(head, cache.class_names, proba)
+
+
+def class_columns(head: Head, class_names: Sequence[str], proba: np.ndarray) -> np.ndarray:
+    """``proba`` with one column per name in ``class_names``; classes the head never saw get 0."""
+    out = np.zeros((len(proba), len(class_names)))
+    position = {str(name): i for i, name in enumerate(class_names)}
+    out[:, [position[str(c)] for c in head.classes_]] = proba
+    return out
 
 
 def run_config(
@@ -217,7 +245,7 @@ def run_config(
     head: Head,
     name: str,
     in_memory: bool,
-    class_weight: dict | None,
+    plan: SplitPlan,
     fit_seconds: float,
 ) -> dict:
     params = head.get_params()
@@ -227,9 +255,14 @@ def run_config(
         "params": params,
         "seed": params.get("seed", options.seed),
         "class_names": cache.class_names,
-        "class_weight": options.class_weight,
-        "class_weights": class_weight,
-        "split": {"fractions": list(options.fractions), "stored": bool(any(cache.splits))},
+        "class_weight": params.get("class_weight") or "none",
+        "split": {
+            "fractions": list(options.fractions),
+            "stored": bool(any(cache.splits)),
+            "held_out": list(plan.held_out),
+            "counts": {split: int(len(plan.rows(split))) for split in ("train", "val", "test")},
+            "notes": plan.notes,
+        },
         "load": "memory" if in_memory else "stream",
         "cache": {
             "path": str(Path(cache.path).resolve()),
@@ -260,13 +293,14 @@ def write_run(
     head.save(staging)
     runs.write_json(staging / runs.CONFIG_FILE, config)
     runs.write_json(staging / runs.METRICS_FILE, metrics)
-    rows = np.concatenate([indices["val"], indices["test"]])
+    held_out = list(probas)
+    rows = np.concatenate([indices[split] for split in held_out])
     runs.write_predictions(
         staging / runs.PREDICTIONS_FILE,
         [cache.paths[r] for r in rows],
-        ["val"] * len(indices["val"]) + ["test"] * len(indices["test"]),
+        [split for split in held_out for _ in indices[split]],
         cache.labels[rows],
-        np.concatenate([probas["val"], probas["test"]]),
+        np.concatenate([probas[split] for split in held_out]),
         cache.class_names,
     )
     runs.publish(staging, folder)
@@ -280,7 +314,7 @@ def write_run(
         "cache_path": config["cache"]["path"],
         "created_at": config["created_at"],
         "fit_seconds": config["fit_seconds"],
-        **{split: {key: metrics[split][key] for key in summary} for split in ("val", "test")},
+        **{split: {key: metrics[split][key] for key in summary} if split in metrics else None for split in ("val", "test")},
     }
     runs.append_index(runs_dir, entry)
     return entry

@@ -10,18 +10,20 @@ import pytest
 from classifiers import HEADS, SettingError, load_head
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
-from pipeline.train import CacheRows, split_indices
+from pipeline.train import CacheRows, class_labels, plan_cache_splits
 
 # Settings that make each head learn within seconds on 280 tiny random-VGG16 codes.
-TEST_SETTINGS = {"dense": {"epochs": 10}, "gap": {"epochs": 10}, "logreg": {}}
+TEST_SETTINGS = {"dense": {"epochs": 10, "verbose": 0}, "gap": {"epochs": 10, "verbose": 0}, "logreg": {}}
 
 
 @pytest.fixture(scope="module")
 def digits(digits_cache: Path) -> dict:
     with FeatureCache(digits_cache) as cache:
-        indices = split_indices(cache, (0.7, 0.15, 0.15))
-        data = {split: (cache.features(rows), cache.labels[rows]) for split, rows in indices.items()}
+        plan = plan_cache_splits(cache, (0.7, 0.15, 0.15))
+        indices = {split: plan.rows(split) for split in ("train", "val", "test")}
+        data = {split: (cache.features(rows), class_labels(cache, rows)) for split, rows in indices.items()}
         data["indices"] = indices
+        data["class_names"] = cache.class_names
     return data
 
 
@@ -54,7 +56,7 @@ def test_head_learns(fitted, digits):
     assert proba.shape == (len(X), 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-6)
     assert np.mean(fitted.predict(X) == y) > 0.6  # chance is 0.1
-    assert list(fitted.classes_) == list(range(10))
+    assert list(fitted.classes_) == digits["class_names"]  # class names, not indices
     assert fitted.input_shape_ == (1, 1, 512)
     assert fitted.history_
 
@@ -95,10 +97,23 @@ def test_wrong_feature_shape_is_refused(fitted):
         fitted.predict_proba(np.zeros((2, 2, 2, 512), dtype=np.float32))
 
 
-@pytest.mark.parametrize("name, bad", [("dense", {"dropout": 1.5}), ("gap", {"optimizer": "lion"}), ("logreg", {"pooling": "sum"})])
-def test_bad_values_are_refused(name, bad):
-    with pytest.raises(SettingError):
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        ("dense", {"dropout": 1.5}, "The 'dropout' parameter of DenseHead must be a float in the range [0.0, 1.0). Got 1.5 instead."),
+        ("dense", {"units": 0}, "The 'units' parameter of DenseHead must be an int in the range [1, inf). Got 0 instead."),
+        ("gap", {"optimizer": "lion"}, "The 'optimizer' parameter of GapHead must be a str among"),
+        ("logreg", {"pooling": "sum"}, "The 'pooling' parameter of LogRegHead"),
+        ("logreg", {"C": float("nan")}, "The 'C' parameter of LogRegHead must be a float in the range (0.0, inf). Got nan"),
+    ],
+)
+def test_bad_values_are_refused_with_one_line(name, bad, message):
+    with pytest.raises(SettingError) as raised:
         HEADS[name](**bad).check_params()
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    X, y = np.ones((4, 3), dtype=np.float32), np.array(["a", "b", "a", "b"])
+    with pytest.raises(ValueError, match="parameter of"):
+        HEADS[name](**bad).fit(X, y)
 
 
 def test_logreg_streams_pooled_features_exactly(digits, digits_cache):
@@ -115,6 +130,19 @@ def test_logreg_streams_pooled_features_exactly(digits, digits_cache):
 def test_class_weight_shifts_predictions_toward_weighted_class(digits):
     X, y = digits["train"]
     plain = HEADS["logreg"](C=0.01).fit(X, y)
-    weighted = HEADS["logreg"](C=0.01).fit(X, y, class_weight={3: 50.0})
+    weighted = HEADS["logreg"](C=0.01, class_weight={"three": 50.0}).fit(X, y)
     X_test = digits["test"][0]
-    assert np.sum(weighted.predict(X_test) == 3) > np.sum(plain.predict(X_test) == 3)
+    assert np.sum(weighted.predict(X_test) == "three") > np.sum(plain.predict(X_test) == "three")
+
+
+@pytest.mark.parametrize("name", ["dense", "gap"])
+def test_a_channel_constant_in_training_does_not_blow_up_at_test_time(name, digits):
+    """Variance 0 in training scales that channel by 1 (as StandardScaler does), not by 1/sqrt(1e-7)."""
+    X, y = digits["train"]
+    X = X.copy()
+    X[..., 7] = 0.0  # never active in the training rows
+    head = HEADS[name](**TEST_SETTINGS[name]).fit(X, y)
+    X_test = digits["test"][0].copy()
+    clean = head.predict_proba(np.where(np.arange(X.shape[-1]) == 7, 0.0, X_test))
+    X_test[..., 7] = 0.05  # small but non-zero at test time
+    np.testing.assert_allclose(head.predict_proba(X_test), clean, atol=0.05)

@@ -1,4 +1,4 @@
-"""The stable split: decided per image by its relative path, so old images never move."""
+"""Splits: stratified per class, stored splits first, a val carved where the data has none, and no image ever moves."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from features_cache.reader import FeatureCache
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
 from pipeline.extract import ExtractOptions, run_extract
-from pipeline.splits import assign_splits
+from pipeline.splits import memory_path, plan_splits
+from pipeline.train import plan_cache_splits
 
 
 def splits_of(cache_path: Path) -> dict[str, str]:
     with FeatureCache(cache_path) as cache:
-        return dict(zip(cache.paths, assign_splits(cache.paths, cache.splits)))
+        return dict(zip(cache.paths, plan_cache_splits(cache).splits))
 
 
 def extract(data: Path, cache: Path) -> None:
@@ -28,39 +29,88 @@ def test_adding_images_or_moving_the_folder_moves_no_old_image(tmp_path):
     write_digits(tmp_path / "a", per_class=8)
     extract(tmp_path / "a", tmp_path / "a.h5")
     before = splits_of(tmp_path / "a.h5")
+    assert memory_path(tmp_path / "a.h5").is_file()
 
-    write_digits(tmp_path / "a", per_class=16)  # new photos arrive in the same folder
+    for per_class in (9, 13, 24):  # new photos arrive in the same folder, a few at a time
+        write_digits(tmp_path / "a", per_class=per_class)
+        extract(tmp_path / "a", tmp_path / "a.h5")
+        after = splits_of(tmp_path / "a.h5")
+        assert {path: after[path] for path in before} == before
+        before = after
+    assert len(after) == 240
+
+    shutil.move(tmp_path / "a", tmp_path / "moved")  # paths are relative to the data root
+    extract(tmp_path / "moved", tmp_path / "a.h5")
+    assert splits_of(tmp_path / "a.h5") == after
+
+
+def test_without_the_memory_file_the_same_images_get_the_same_splits(tmp_path):
+    write_digits(tmp_path / "a", per_class=12)
     extract(tmp_path / "a", tmp_path / "a.h5")
-    after = splits_of(tmp_path / "a.h5")
-    assert len(after) == 2 * len(before)
-    assert {path: after[path] for path in before} == before
-
-    shutil.move(tmp_path / "a", tmp_path / "moved")
-    extract(tmp_path / "moved", tmp_path / "moved.h5")
-    assert splits_of(tmp_path / "moved.h5") == after
+    first = splits_of(tmp_path / "a.h5")
+    memory_path(tmp_path / "a.h5").unlink()
+    assert splits_of(tmp_path / "a.h5") == first
 
 
-def test_shares_are_close_to_the_fractions_in_every_class():
-    paths = [f"class{c}/img_{i:05d}.jpg" for c in range(4) for i in range(2000)]
-    labels = np.repeat(np.arange(4), 2000)
-    splits = assign_splits(paths, np.array([""] * len(paths), dtype=object), fractions=(0.6, 0.2, 0.2))
-    for c in range(4):
-        mine = splits[labels == c]
+def shares(splits: np.ndarray) -> dict[str, int]:
+    return {split: int(np.sum(splits == split)) for split in ("train", "val", "test")}
+
+
+def test_every_class_is_split_in_its_shares_tiny_and_unbalanced_ones_included():
+    sizes = {"big": 2000, "mid": 40, "twelve": 12, "five": 5, "four": 4}
+    paths = [f"{name}/img_{i:05d}.jpg" for name, n in sizes.items() for i in range(n)]
+    labels = np.array([k for k, n in enumerate(sizes.values()) for _ in range(n)])
+    plan, decisions = plan_splits(paths, labels, [""] * len(paths), fractions=(0.6, 0.2, 0.2))
+    assert len(decisions) == len(paths)
+    for k, (name, n) in enumerate(sizes.items()):
+        counts = shares(plan.splits[labels == k])
+        assert counts["val"] >= 1 and counts["test"] >= 1, (name, counts)
         for split, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
-            assert abs(np.mean(mine == split) - share) < 0.04
+            assert abs(counts[split] - share * n) <= 1.0, (name, counts)  # exact to one image, not just in expectation
 
 
-def test_stored_splits_are_kept_and_the_rest_is_deterministic():
-    paths = [f"x/{i}.png" for i in range(50)]
-    stored = np.array(["test"] * 10 + [""] * 40, dtype=object)
-    first = assign_splits(paths, stored)
-    assert list(first[:10]) == ["test"] * 10
-    assert list(first) == list(assign_splits(paths, stored))
-    salted = assign_splits(paths, stored, salt="other")
-    assert list(salted[10:]) != list(first[10:])
+def test_growing_one_image_at_a_time_never_moves_one_and_stays_stratified():
+    paths = [f"c/{i:03d}.png" for i in range(60)]
+    remembered: dict[str, str] = {}
+    for n in range(1, 61):
+        plan, decisions = plan_splits(paths[:n], np.zeros(n, dtype=int), [""] * n, remembered=remembered)
+        assert {p: decisions[p] for p in remembered} == remembered
+        remembered = decisions
+        counts = shares(plan.splits)
+        if n >= 4:
+            assert counts["val"] >= 1 and counts["test"] >= 1
+        assert abs(counts["train"] - 0.7 * n) <= 2.0
 
 
-@pytest.mark.parametrize("fractions", [(0.5, 0.2), (0.7, 0.2, 0.2), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
+def layout_plan(stored: list[str], fractions=(0.7, 0.15, 0.15)):
+    paths = [f"{split or 'x'}/c{i % 2}/{i}.png" for i, split in enumerate(stored)]
+    labels = np.array([i % 2 for i in range(len(stored))])
+    plan, _ = plan_splits(paths, labels, stored, fractions)
+    return plan
+
+
+def test_train_and_validation_folders_mean_no_test_split():
+    plan = layout_plan(["train"] * 40 + ["val"] * 10)
+    assert shares(plan.splits) == {"train": 40, "val": 10, "test": 0}
+    assert plan.held_out == ("val",)
+    assert any("no test split" in note for note in plan.notes)
+
+
+def test_train_and_test_folders_get_a_val_carved_out_of_train():
+    plan = layout_plan(["train"] * 40 + ["test"] * 10)
+    counts = shares(plan.splits)
+    assert counts["test"] == 10 and abs(counts["val"] - 40 * 0.15 / 0.85) <= 2 and counts["train"] == 40 - counts["val"]
+    assert plan.held_out == ("val", "test")
+    assert list(plan.splits[40:]) == ["test"] * 10  # stored splits win
+
+
+def test_a_train_folder_alone_gets_a_val_and_no_test():
+    plan = layout_plan(["train"] * 40)
+    counts = shares(plan.splits)
+    assert counts["val"] >= 2 and counts["test"] == 0 and counts["train"] + counts["val"] == 40
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.2), (0.7, 0.2, 0.2), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1), (float("nan"), 0.5, 0.5)])
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(PipelineError, match="--split"):
-        assign_splits(["a.png"], np.array([""], dtype=object), fractions)
+        plan_splits(["a.png"], np.array([0]), [""], fractions)

@@ -12,16 +12,26 @@ def register(subparsers) -> None:
         description="Misclassified images of a trained run, most confident mistakes first, with per-class error "
         "counts; writes errors.csv and a self-contained report.html (thumbnails, confusion matrix, metrics).",
     )
-    parser.add_argument("run_ref", metavar="RUN", help="a run folder, or a run's name under --runs-dir")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="which held-out images (default test)")
+    parser.add_argument(
+        "run_ref", metavar="RUN", nargs="?", default=None,
+        help="a run folder, or a run's name under --runs-dir (default: the latest run)",
+    )
+    parser.add_argument(
+        "--split", default=None, choices=("test", "val"),
+        help="which held-out images (default test, or val when the run has no test split)",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where named runs live (default runs)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report
+    from pipeline.report import build_report, latest_run
 
-    print_report(build_report(args.run_ref, args.split, args.runs_dir))
+    run_ref = args.run_ref
+    if not run_ref:
+        run_ref = latest_run(args.runs_dir)
+        print(f"report of the latest run, {run_ref} (pass RUN=<name> for another)", flush=True)
+    print_report(build_report(run_ref, args.split, args.runs_dir))
     return 0
 
 

@@ -41,10 +41,11 @@ def print_runs(entries: list[dict], title: str | None = None, header: bool = Tru
     for column in ("run", "head", "settings", "val acc", "val F1", "test acc", "test F1", "test loss", "fit s", "cache"):
         table.add_column(column, justify="left" if column in ("run", "head", "settings", "cache") else "right")
     for e in entries:
+        test = e.get("test") or {}
         table.add_row(
             e["name"], e["head"], settings_text(e),
             f"{e['val']['accuracy']:.3f}", f"{e['val']['macro_f1']:.3f}",
-            f"{e['test']['accuracy']:.3f}", f"{e['test']['macro_f1']:.3f}", f"{e['test']['log_loss']:.3f}",
+            *(f"{test[key]:.3f}" if key in test else "-" for key in ("accuracy", "macro_f1", "log_loss")),
             f"{e['fit_seconds']:.1f}", e["cache_identity"],
         )
     console.print(table)

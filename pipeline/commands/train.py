@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.commands.runs import print_runs
+    from pipeline.runs import ranked
     from pipeline.train import TrainOptions, parse_settings, run_train
 
     try:
@@ -55,9 +56,17 @@ def run(args: argparse.Namespace) -> int:
         load=args.load,
     )
     entries = []
-    for result in run_train(options):
+    for result in run_train(options, on_plan=print_plan):
         entries.append(result.entry)
         print_runs([result.entry], header=not entries[:-1])
+        print(f"run {result.name}: {result.folder}", flush=True)
     if len(entries) > 1:
-        print_runs(entries, title="best first")
+        print_runs(ranked(entries), title="best first")
+    best = ranked(entries)[0]["name"]
+    print(f"next: make report RUN={best}   (or: python -m pipeline report {best} --runs-dir {args.runs_dir})")
     return 0
+
+
+def print_plan(plan) -> None:
+    counts = ", ".join(f"{split} {len(plan.rows(split))}" for split in ("train", "val", "test") if len(plan.rows(split)))
+    print(f"splits: {counts}; " + "; ".join(plan.notes), flush=True)

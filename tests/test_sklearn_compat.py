@@ -1,0 +1,71 @@
+"""Heads are scikit-learn classifiers: its own estimator checks, and the tools people use them with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from classifiers import HEADS
+from features_cache.reader import FeatureCache
+from pipeline.train import class_labels
+
+# Settings under which each head learns scikit-learn's small check datasets (blobs of 2-3 classes, 20-150 rows).
+CHECK_SETTINGS = {
+    "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0},
+    "gap": {"epochs": 30, "learning_rate": 5e-2, "verbose": 0},
+    "logreg": {},
+}
+
+
+@parametrize_with_checks([HEADS[name](**CHECK_SETTINGS[name]) for name in sorted(HEADS)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def features(digits_cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    with FeatureCache(digits_cache) as cache:
+        rows = np.arange(len(cache))
+        return cache.features(rows), class_labels(cache, rows)
+
+
+FAST = {"dense": {"epochs": 4, "verbose": 0}, "gap": {"epochs": 6, "verbose": 0}, "logreg": {}}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_clone_and_cross_val_predict(name, features):
+    X, y = features
+    head = HEADS[name](**FAST[name])
+    copy = clone(head)
+    assert copy.get_params() == head.get_params() and copy is not head
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    proba = cross_val_predict(head, X, y, cv=folds, method="predict_proba")
+    assert proba.shape == (len(X), 10)
+    assert np.mean(np.unique(y)[proba.argmax(axis=1)] == y) > 0.6  # chance is 0.1
+    assert not hasattr(head, "classes_")  # cross_val_predict fits clones
+
+
+@pytest.mark.parametrize("name, grid", [("dense", {"units": [8, 32]}), ("gap", {"learning_rate": [1e-3, 1e-2]}), ("logreg", {"C": [0.01, 1.0]})])
+def test_grid_search(name, grid, features):
+    X, y = features
+    search = GridSearchCV(HEADS[name](**FAST[name]), grid, cv=2).fit(X, y)
+    assert set(search.best_params_) == set(grid)
+    assert search.best_estimator_.predict(X[:5]).dtype.kind == "U"  # class names come back
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_calibration_and_pipeline(name, features):
+    X, y = features
+    calibrated = CalibratedClassifierCV(HEADS[name](**FAST[name]), cv=2).fit(X, y)
+    np.testing.assert_allclose(calibrated.predict_proba(X[:10]).sum(axis=1), 1, atol=1e-6)
+    pooled = make_pipeline(FunctionTransformer(lambda maps: maps.mean(axis=(1, 2))), HEADS[name](**FAST[name]))
+    pooled.fit(X, y)
+    assert pooled.score(X, y) > 0.6
