@@ -14,15 +14,31 @@ STORAGE ?= float16
 BACKBONE ?= vgg16
 EXTRACT_FLAGS ?=
 
-.PHONY: setup demo extract info test lint clean bench
+.PHONY: setup demo extract info test lint clean bench system-packages
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed system-packages
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(BACKEND_EXTRA),dev]"
 	touch $@
+
+# The tests render report pages in headless Chromium: installed with the system's package manager
+# where this user may (root, or sudo without a password); otherwise one line says what to run.
+SYSTEM_PACKAGES ?= chromium
+system-packages:
+	@missing=""; for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != none ]; then \
+			echo "installing$$missing (apt-get; the tests render report pages in headless Chromium)"; \
+			$$sudo apt-get update -qq >/dev/null 2>&1 && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 \
+				|| echo "note: could not install$$missing; run \`sudo apt-get install$$missing\` before make test"; \
+		else \
+			echo "note: the report tests need$$missing; install it (e.g. \`sudo apt-get install$$missing\`) before make test"; \
+		fi; \
+	fi
 
 demo: setup
 	$(PY) -m pipeline.demo
