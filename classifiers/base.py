@@ -99,6 +99,23 @@ class Head(ClassifierMixin, BaseEstimator):
         columns = np.argmax(self.predict_proba(X), axis=1)
         return self.classes_[columns]
 
+    def class_probabilities(self, X: np.ndarray, class_names: list[str]) -> np.ndarray:
+        """``predict_proba`` with one column per name in ``class_names`` (a cache's classes); 0 for classes never seen.
+
+        Heads saved before ``classes_`` held names hold class indices; those are read as indices.
+        """
+        proba = self.predict_proba(X)
+        out = np.zeros((len(proba), len(class_names)))
+        if self.classes_.dtype.kind in "iu":
+            out[:, self.classes_] = proba
+            return out
+        position = {str(name): i for i, name in enumerate(class_names)}
+        missing = [str(c) for c in self.classes_ if str(c) not in position]
+        if missing:
+            raise FeatureShapeError(f"{self.name}: classes {', '.join(missing)} of the head are not among {', '.join(class_names)}")
+        out[:, [position[str(c)] for c in self.classes_]] = proba
+        return out
+
     def to_keras(self):
         """A ``keras.Model`` from a (h, w, c) float32 features batch to class probabilities."""
         raise NotImplementedError

@@ -47,9 +47,8 @@ def run_evaluate(run: str, cache_path: str, runs_dir: str = "runs", split: str =
             raise PipelineError(f"{cache.path}: no images in the stored {split} split; use --split all")
         labels = np.array([class_names.index(cache.class_names[label]) for label in cache.labels[rows]])
         head = load_head(run_dir)
-        proba = np.zeros((len(rows), len(class_names)))
-        blocks = [head.predict_proba(block) for block in cache.iter_features(rows, batch_size=1024)]
-        proba[:, head.classes_] = np.concatenate(blocks)
+        blocks = [head.class_probabilities(block, class_names) for block in cache.iter_features(rows, batch_size=1024)]
+        proba = np.concatenate(blocks)
         metrics = evaluate(labels, proba, class_names)
         destination = Path(out) if out else run_dir / f"evaluate-{Path(cache_path).stem}.csv"
         write_predictions(

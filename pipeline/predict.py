@@ -40,9 +40,7 @@ class RunModel:
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Probabilities over every class of the run (columns of classes the head never saw are 0)."""
-        out = np.zeros((len(features), len(self.class_names)))
-        out[:, self.head.classes_] = self.head.predict_proba(features.astype(np.float32))
-        return out
+        return self.head.class_probabilities(features.astype(np.float32), self.class_names)
 
 
 @dataclasses.dataclass

@@ -224,19 +224,8 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
 
 def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None) -> np.ndarray:
     """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in blocks."""
-    if loaded is not None:
-        proba = head.predict_proba(loaded)
-    else:
-        proba = np.concatenate([head.predict_proba(block) for block in cache.iter_features(rows, batch_size=EVAL_ROWS)])
-    return class_columns(head, cache.class_names, proba)
-
-
-def class_columns(head: Head, class_names: Sequence[str], proba: np.ndarray) -> np.ndarray:
-    """``proba`` with one column per name in ``class_names``; classes the head never saw get 0."""
-    out = np.zeros((len(proba), len(class_names)))
-    position = {str(name): i for i, name in enumerate(class_names)}
-    out[:, [position[str(c)] for c in head.classes_]] = proba
-    return out
+    blocks = [loaded] if loaded is not None else cache.iter_features(rows, batch_size=EVAL_ROWS)
+    return np.concatenate([head.class_probabilities(block, cache.class_names) for block in blocks])
 
 
 def run_config(

@@ -132,7 +132,12 @@ def test_report_survives_moved_images(run_dir, tmp_path, capsys):
     assert len(widths) == len(errors) - 1 and all(int(width) > 0 for width in widths)
 
 
-def test_report_refuses_unknown_run_and_run_without_test_images(run_dir, tmp_path, capsys):
+def errors_of(run: Path, split: str) -> list[str]:
+    rows = (run / "predictions.csv").read_text(encoding="utf-8").splitlines()[1:]
+    return [row for row in rows if row.split(",")[1] == split and row.split(",")[2] != row.split(",")[3]]
+
+
+def test_report_refuses_unknown_run_and_falls_back_to_val_without_test_images(run_dir, tmp_path, capsys):
     assert main(["report", "no-such-run", "--runs-dir", str(tmp_path)]) == 2
     assert "error: no run 'no-such-run'" in capsys.readouterr().err
     copy = tmp_path / "val-only"
@@ -140,6 +145,9 @@ def test_report_refuses_unknown_run_and_run_without_test_images(run_dir, tmp_pat
     lines = (copy / "predictions.csv").read_text(encoding="utf-8").splitlines()
     kept = [lines[0], *(line for line in lines[1:] if line.split(",")[1] == "val")]
     (copy / "predictions.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
-    assert main(["report", str(copy)]) == 2
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 0  # no test images: the report is on val
+    assert f"errors: {len(errors_of(copy, 'val'))}/{len(kept) - 1} (" in capsys.readouterr().out
+    assert main(["report", str(copy), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "has no test images" in err and "--split val" in err and len(err.strip().splitlines()) == 1
