@@ -40,8 +40,9 @@ system-packages:
 		fi; \
 	fi
 
+DEMO_PER_CLASS ?= 30
 demo: setup
-	$(PY) -m pipeline.demo
+	$(PY) -m pipeline.demo --per-class $(DEMO_PER_CLASS)
 
 extract: setup
 	mkdir -p $(dir $(CACHE))

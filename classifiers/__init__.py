@@ -7,13 +7,19 @@ from pathlib import Path
 
 from classifiers.base import HEAD_FILE, Head, RowSource, SettingError
 from classifiers.dense import DenseHead
+from classifiers.external import EstimatorHead
 from classifiers.gap import GapHead
 from classifiers.logreg import LogRegHead
 from pipeline.errors import PipelineError
 
 HEADS: dict[str, type[Head]] = {head.name: head for head in (DenseHead, GapHead, LogRegHead)}
+# Heads a run folder may hold besides HEADS: any scikit-learn classifier saved from Python.
+SAVED_HEADS: dict[str, type[Head]] = {**HEADS, EstimatorHead.name: EstimatorHead}
 
-__all__ = ["HEADS", "Head", "RowSource", "SettingError", "get_head", "load_head"]
+__all__ = [
+    "HEADS", "DenseHead", "EstimatorHead", "GapHead", "Head", "LogRegHead", "RowSource", "SettingError",
+    "get_head", "load_head",
+]
 
 
 def get_head(name: str) -> type[Head]:
@@ -30,4 +36,7 @@ def load_head(run_dir: Path) -> Head:
     meta_path = run_dir / HEAD_FILE
     if not meta_path.exists():
         raise PipelineError(f"{run_dir}: no saved head ({HEAD_FILE} missing); train one with `python -m pipeline train`")
-    return get_head(json.loads(meta_path.read_text())["head"]).load(run_dir)
+    kind = json.loads(meta_path.read_text(encoding="utf-8"))["head"]
+    if kind not in SAVED_HEADS:
+        raise PipelineError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(SAVED_HEADS)}")
+    return SAVED_HEADS[kind].load(run_dir)

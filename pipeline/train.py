@@ -22,16 +22,17 @@ import numpy as np
 from classifiers import Head, SettingError, get_head
 from features_cache.reader import FeatureCache
 from pipeline import runs
+from pipeline import splits as split_rules
 from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
 from pipeline.progress import bar
-from pipeline import splits as split_rules
 from pipeline.splits import DEFAULT_FRACTIONS, SplitPlan
 from pipeline.versions import library_versions
 
 LOAD_MODES = ("auto", "memory", "stream")
 CLASS_WEIGHTS = ("none", "balanced")
 EVAL_ROWS = 1024
+JSON_TYPES = (str, int, float, bool, type(None), list, dict)
 
 
 @dataclasses.dataclass
@@ -237,7 +238,7 @@ def run_config(
     plan: SplitPlan,
     fit_seconds: float,
 ) -> dict:
-    params = head.get_params()
+    params = {key: value if isinstance(value, JSON_TYPES) else repr(value) for key, value in head.get_params().items()}
     return {
         "name": name,
         "head": head.name,

@@ -1,0 +1,113 @@
+"""The Python side of stage two, for notebooks: a cache's splits as numpy arrays, and any classifier as a run.
+
+>>> from features_cache import FeatureCache
+>>> from pipeline.datasets import load_split, save_run
+>>> with FeatureCache("cache/photos.h5") as cache:
+...     X_train, y_train = load_split(cache, "train", pooling="avg")
+...     clf = LogisticRegression(max_iter=1000).fit(X_train, y_train)
+...     run = save_run(clf, cache, pooling="avg", name="my-logreg")
+
+The splits are the ones ``pipeline train`` uses (stored, then the remembered stratified
+ones), the labels are class names, and ``save_run`` writes the same run folder as
+``train``, so ``report``, ``runs``, ``evaluate`` and ``predict`` work on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import EstimatorHead, Head
+from features_cache.reader import FeatureCache
+from pipeline import runs
+from pipeline.errors import PipelineError
+from pipeline.metrics import evaluate
+from pipeline.splits import DEFAULT_FRACTIONS, SPLITS
+from pipeline.train import TrainOptions, class_labels, plan_cache_splits, predict, run_config, write_run
+
+POOLINGS = (None, "avg", "max", "flatten")
+
+
+def pool(maps: np.ndarray, pooling: str | None) -> np.ndarray:
+    """(n, h, w, c) feature maps as they are (None), averaged or maxed over the grid (n, c), or flattened."""
+    if pooling not in POOLINGS:
+        raise PipelineError(f"pooling={pooling!r} is unknown; use one of {', '.join(map(str, POOLINGS))}")
+    if pooling == "avg":
+        return maps.mean(axis=(1, 2))
+    if pooling == "max":
+        return maps.max(axis=(1, 2))
+    if pooling == "flatten":
+        return maps.reshape(len(maps), -1)
+    return maps
+
+
+def load_split(
+    cache: FeatureCache,
+    split: str = "train",
+    *,
+    pooling: str | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    return_paths: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(X, y)`` of one split (``train``, ``val``, ``test`` or ``all``): float32 features and class names.
+
+    ``pooling`` None keeps the (n, h, w, c) maps; ``avg``/``max`` give (n, c), ``flatten``
+    (n, h*w*c). ``return_paths=True`` adds the images' paths relative to the data root.
+    """
+    if split == "all":
+        rows = np.arange(len(cache))
+    elif split in SPLITS:
+        rows = plan_cache_splits(cache, fractions).rows(split)
+    else:
+        raise PipelineError(f"split {split!r} is unknown; use train, val, test or all")
+    X = pool(cache.features(rows), pooling).astype(np.float32, copy=False)
+    y = class_labels(cache, rows)
+    if return_paths:
+        return X, y, [cache.paths[r] for r in rows]
+    return X, y
+
+
+def save_run(
+    estimator,
+    cache: FeatureCache,
+    *,
+    pooling: str | None = None,
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fit_seconds: float = 0.0,
+) -> Path:
+    """Score a fitted classifier on the cache's held-out splits and write a run folder; returns its path.
+
+    ``estimator`` is a fitted head of this project or any fitted scikit-learn classifier with
+    ``predict_proba``, trained on ``load_split(cache, "train", pooling=pooling)``.
+    """
+    if isinstance(estimator, Head):
+        head = estimator
+    else:
+        head = EstimatorHead(estimator=estimator, pooling=pooling or "none").adopt(cache.feature_shape)
+    if not hasattr(head, "classes_"):
+        raise PipelineError(f"{type(estimator).__name__} is not fitted; call its fit first")
+    unknown = sorted({str(c) for c in head.classes_} - set(cache.class_names))
+    if unknown:
+        raise PipelineError(
+            f"the classifier knows classes {', '.join(unknown)} that {cache.path} does not hold; "
+            "fit it on labels from load_split (class names)"
+        )
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name, folder = runs.new_run_folder(runs_dir, name or f"{head.name}-{stamp}", name is not None)
+    plan = plan_cache_splits(cache, fractions)
+    indices = {split: plan.rows(split) for split in ("train", *plan.held_out)}
+    started = time.perf_counter()
+    probas = {split: predict(head, cache, indices[split], None) for split in plan.held_out}
+    metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
+    options = TrainOptions(cache=str(cache.path), head=head.name, name=run_name, runs_dir=str(runs_dir), fractions=fractions)
+    config = run_config(options, cache, head, run_name, True, plan, fit_seconds or time.perf_counter() - started)
+    write_run(runs_dir, folder, head, config, metrics, cache, indices, probas)
+    return folder
