@@ -17,6 +17,10 @@ from classifiers import HEADS
 from features_cache.reader import FeatureCache
 from pipeline.train import class_labels
 
+# check_supervised_y_no_nan feeds y full of inf; casting it on the way to its expected error warns.
+# check_array_api_input skips itself: the heads take numpy arrays (Keras converts them), not other array libraries.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+
 # Settings under which each head learns scikit-learn's small check datasets (blobs of 2-3 classes, 20-150 rows).
 CHECK_SETTINGS = {
     "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0},
