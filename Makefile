@@ -24,6 +24,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(BACKEND_EXTRA),dev]"
 	touch $@
 
+# JAX and PyTorch beside TensorFlow: `KERAS_BACKEND=jax|torch` then works, and the tests compare every
+# installed backend with TensorFlow. TORCH_SPEC picks the wheel: 2.13.0 is a CPU build on this project's
+# machines; elsewhere the registry's default torch is a CUDA build of several GB (PyTorch's CPU wheel index avoids that).
+TORCH_SPEC ?= torch==2.13.0
+.PHONY: setup-backends
+setup-backends: setup
+	$(PY) -m pip install --quiet "jax>=0.4.30" "$(TORCH_SPEC)"
+
 # The tests render report pages in headless Chromium: installed with the system's package manager
 # where this user may (root, or sudo without a password); otherwise one line says what to run.
 SYSTEM_PACKAGES ?= chromium
