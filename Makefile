@@ -79,6 +79,20 @@ bench: setup
 	$(PY) -m pipeline.bench --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
 		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
 
+# A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
+# dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of
+# this folder with $(DEVICE_PACK), `bench/device.sh OUT_DIR` installs them and runs the bench on JAX and PyTorch.
+DEVICE_PACK ?= .device-pack
+DEVICE_PYTHON_VERSION ?= 3.12
+.PHONY: bench-device-pack
+bench-device-pack: setup
+	rm -rf $(DEVICE_PACK) && mkdir -p $(DEVICE_PACK)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON_VERSION) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(DEVICE_PACK) \
+		"keras==$$($(PY) -c 'from importlib.metadata import version; print(version("keras"))')" namex optree
+	@du -sh $(DEVICE_PACK)
+
 # After training: `make report [RUN=<run>]` (misclassified images, errors.csv, report.html; the latest run
 # by default, on test or on val where there is no test split),
 # `make audit CACHE=...` (likely label errors), `make predict RUN=<run> IMAGES="a.jpg folder/"`

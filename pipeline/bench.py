@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 CLASSES = ("beach", "city", "forest")
 LARGE_EVERY = 33  # one image in 33 (about 3%) is several megapixels, as in a real photo folder
 HEADS = ("dense", "gap", "logreg")
+SKIPPABLE = frozenset({"heads", "memory"})
 SYNTHETIC_N = 2000
 SYNTHETIC_SHAPE = (7, 7, 512)
 EXTRACT_TIMING = re.compile(r"\) in ([0-9.]+) s(?:, ([0-9.]+) img/s)?")
@@ -43,6 +44,7 @@ class Settings:
     batch: int
     out: Path
     memory_size: int
+    skip: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -96,16 +98,28 @@ def _pool_path(out: Path, index: int) -> Path:
     return out / "images" / CLASSES[index % len(CLASSES)] / f"photo_{index:05d}.jpg"
 
 
+def _generate(out: Path, index: int) -> None:
+    source = _pool_path(out, index)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
+    _photo(index).save(tmp, format="JPEG", quality=90)
+    tmp.replace(source)
+
+
 def dataset(out: Path, n: int) -> Path:
-    """A folder of ``n`` images in class folders, hard links into a pool generated once."""
+    """A folder of ``n`` images in class folders, hard links into a pool generated once (on every core)."""
     folder = out / f"data-{n}"
+    missing = [index for index in range(n) if not _pool_path(out, index).exists()]
+    if len(missing) > 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            list(pool.map(_generate, [out] * len(missing), missing, chunksize=16))
+    else:
+        for index in missing:
+            _generate(out, index)
     for index in range(n):
         source = _pool_path(out, index)
-        if not source.exists():
-            source.parent.mkdir(parents=True, exist_ok=True)
-            tmp = source.with_name(source.name + ".tmp")
-            _photo(index).save(tmp, format="JPEG", quality=90)
-            tmp.replace(source)
         target = folder / source.parent.name / source.name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -398,9 +412,10 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
     stages.append(Stage("5 extract again, nothing changed", settings.n, seconds, process.wall, process.peak_rss_mib))
 
     facts["train_available"] = train_available()
-    if facts["train_available"]:
+    if facts["train_available"] and "heads" not in settings.skip:
         stages.extend(train_stages(settings, cache, stages[2]))
-    stages.extend(memory_stages(settings))
+    if "memory" not in settings.skip:
+        stages.extend(memory_stages(settings))
     return stages, facts
 
 
@@ -500,6 +515,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--out", default="bench-out", help="folder for data, caches, logs and bench.json")
     parser.add_argument("--memory-size", type=int, default=64, help="input size of the N vs 4N memory runs (default 64)")
+    parser.add_argument(
+        "--skip", default="", metavar="STAGES",
+        help="comma-separated stages to leave out: heads, memory (e.g. on a GPU machine, where stage one is the question)",
+    )
     parser.add_argument("--child", choices=CHILD_STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -509,7 +528,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    settings = Settings(args.n, args.size, args.precision, args.batch, out, args.memory_size)
+    skip = frozenset(part.strip() for part in args.skip.split(",") if part.strip())
+    if skip - SKIPPABLE:
+        raise SystemExit(f"--skip {args.skip}: unknown stage; use any of {', '.join(sorted(SKIPPABLE))}")
+    settings = Settings(args.n, args.size, args.precision, args.batch, out, args.memory_size, skip)
     if args.child:
         run_child_stage(args.child, settings, Path(args.data), Path(args.result))
         return 0
