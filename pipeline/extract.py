@@ -61,6 +61,7 @@ class ExtractOptions:
     workers: int | None = None
     seed: int = 0
     force: bool = False
+    prune: bool = False
 
 
 @dataclasses.dataclass
@@ -75,6 +76,8 @@ class ExtractReport:
     seconds: float
     extract_seconds: float
     written: bool
+    reading: str = ""
+    notes: tuple[str, ...] = ()
 
     @property
     def images_per_second(self) -> float:
@@ -153,7 +156,8 @@ def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal) -> _Plan
             record.path: (record, FeatureSource(str(old.path), index)) for index, record in enumerate(old.records())
         }
         old_skipped = {item.path: item for item in old.skipped()}
-    ready, skipped, todo = {}, {}, []
+    ready, todo = {}, []
+    skipped = {item.path: SkippedFile(item.path, item.reason, FileStamp(-1, -1)) for item in dataset.left_out}
     for entry in dataset.entries:
         absolute = dataset.absolute(entry)
         try:
@@ -199,7 +203,8 @@ class _JournalWriter:
             if self._error is None:
                 try:
                     features, records, skipped = item
-                    self._journal.append(np.asarray(features), records, skipped)
+                    features, records, skipped = _finite_rows(np.asarray(features), records, skipped)
+                    self._journal.append(features, records, skipped)
                 except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
                     self._error = error
 
@@ -217,6 +222,18 @@ class _JournalWriter:
             raise PipelineError(f"{self._journal.dir}: cannot write features ({self._error}); free disk space and run again") from None
         if self._error is not None:
             raise self._error
+
+
+def _finite_rows(
+    features: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]
+) -> tuple[np.ndarray, list[FileRecord], list[SkippedFile]]:
+    """Rows whose features hold NaN or inf become skipped files: a cache never stores them."""
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if finite.all():
+        return features, records, skipped
+    reason = "the backbone gave non-finite features (NaN or inf), e.g. a float16 overflow; try --precision float32"
+    bad = [SkippedFile(record.path, reason, record.stamp) for record, ok in zip(records, finite) if not ok]
+    return features[finite], [record for record, ok in zip(records, finite) if ok], skipped + bad
 
 
 def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, journal: Journal) -> float:
@@ -280,7 +297,7 @@ def _request_fingerprint(options: ExtractOptions) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_NOT_IN_REQUEST = ("data", "cache", "workers", "force", "batch_size")
+_NOT_IN_REQUEST = ("data", "cache", "workers", "force", "prune", "batch_size")
 
 
 def _installed_version(package: str) -> str:
@@ -316,7 +333,9 @@ def _report(
 
 
 def _skipped_in_order(dataset: Dataset, plan: _Plan) -> list[SkippedFile]:
-    return [plan.skipped[e.path] for e in dataset.entries if e.path in plan.skipped]
+    """Unreadable images in path order, then what the walk left out (loops, repeats, unstorable names)."""
+    unreadable = [plan.skipped[e.path] for e in dataset.entries if e.path in plan.skipped]
+    return unreadable + [plan.skipped[item.path] for item in dataset.left_out]
 
 
 def _nothing_to_do(options: ExtractOptions, dataset: Dataset, request: str, started: float) -> ExtractReport | None:
@@ -344,11 +363,12 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     from pipeline.backbones import build_backbone
 
     cache_path = Path(options.cache)
+    precision, notes = _precision_for(options)
     backbone = build_backbone(
         options.backbone,
         weights=options.weights,
         image_size=options.image_size,
-        precision=options.precision,
+        precision=precision,
         storage_dtype=options.storage_dtype,
         seed=options.seed,
     )
@@ -369,6 +389,8 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     old = _open_existing(options, recipe)
     try:
         plan = _plan(dataset, old, journal)
+        if old is not None:
+            notes += _check_removals(options, dataset, old, plan)
         extract_seconds = 0.0
         if plan.todo:
             if not journal.exists():
@@ -406,7 +428,44 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         if old is not None:
             old.close()
     journal.remove()
-    return _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
+    report = _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
+    return dataclasses.replace(report, notes=tuple(notes))
+
+
+def _precision_for(options: ExtractOptions) -> tuple[str, list[str]]:
+    """``auto`` on an existing cache means the cache's precision, where this machine runs it; else ``auto``.
+
+    A cache made on a GPU in bfloat16 stays extendable on a laptop with the same command.
+    """
+    path = Path(options.cache)
+    if options.precision != "auto" or options.force or not path.is_file():
+        return options.precision, []
+    try:
+        with h5py.File(path, "r") as f:
+            cached = str(f.attrs.get("recipe.precision", ""))
+    except OSError:
+        return options.precision, []
+    from pipeline.backbones import has_accelerator
+
+    if cached in ("float32", "bfloat16") or (cached == "float16" and has_accelerator()):
+        return cached, [f"precision auto: {cached}, as {path} was made with"]
+    return options.precision, []
+
+
+def _check_removals(options: ExtractOptions, dataset: Dataset, old: FeatureCache, plan: _Plan) -> list[str]:
+    """Refuse to drop cached images silently when the data root changed or most of them would go."""
+    moved = str(old.data_root) != str(dataset.root)
+    if not plan.removed:
+        return [f"data root moved from {old.data_root} to {dataset.root}; every image was found there"] if moved else []
+    if options.prune or options.force:
+        return [f"{plan.removed} cached images no longer in {dataset.root} were dropped (--prune)"]
+    if moved or 2 * plan.removed > len(old):
+        cause = f"it was made from {old.data_root}, not {dataset.root}" if moved else f"{dataset.root} lacks most of them"
+        raise PipelineError(
+            f"{options.cache}: {plan.removed} of its {len(old)} images would be dropped ({cause}); "
+            "pass --prune to drop them, or use another --cache for this data"
+        )
+    return []
 
 
 def run_extract(options: ExtractOptions) -> ExtractReport:
@@ -418,6 +477,7 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
     request = _request_fingerprint(options)
     try:
         with exclusive_writer(options.cache):
-            return _nothing_to_do(options, dataset, request, started) or _update(options, dataset, spec, request, started)
+            report = _nothing_to_do(options, dataset, request, started) or _update(options, dataset, spec, request, started)
+            return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
         raise PipelineError(str(error)) from None

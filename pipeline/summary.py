@@ -16,6 +16,8 @@ console = Console(highlight=False, soft_wrap=True)
 def print_extract_report(report: ExtractReport) -> None:
     rate = f", {report.images_per_second:.1f} img/s" if report.extracted else ""
     state = "written" if report.written else "unchanged"
+    if report.reading:
+        console.print(f"read as {report.reading}")
     console.print(
         f"{report.cache}: {report.n_images} images in {report.n_classes} classes, {state} "
         f"({report.extracted} extracted, {report.kept} kept, {report.removed} removed, "
@@ -23,6 +25,8 @@ def print_extract_report(report: ExtractReport) -> None:
     )
     for item in report.skipped:
         console.print(f"  skipped {item.path}: {item.reason}")
+    for note in report.notes:
+        console.print(note)
 
 
 def print_cache_info(cache: FeatureCache) -> None:

@@ -1,0 +1,125 @@
+"""Inputs that used to give wrong data with exit code 0, or crash: links, split-named classes, odd names, moved data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from image_factory import make_class_folders, photo, save
+
+from features_cache.reader import FeatureCache
+from features_cache.records import FileRecord, FileStamp
+from pipeline.cli import main
+from pipeline.extract import _finite_rows
+
+ARGS = ["--weights", "none", "--image-size", "32"]
+
+
+def extract(data: Path, cache: Path, *extra: str) -> int:
+    return main(["extract", str(data), "--cache", str(cache), *ARGS, *extra])
+
+
+def cached_paths(cache: Path) -> list[str]:
+    with FeatureCache(cache) as opened:
+        return list(opened.paths)
+
+
+def test_links_into_the_data_are_not_followed_and_no_file_is_taken_twice(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", {"cat": 4, "dog": 4})
+    make_class_folders(tmp_path / "elsewhere", {"more": 2}, start_seed=50)
+    os.symlink(".", data / "cat" / "self")  # a loop
+    os.symlink("..", data / "dog" / "up")  # the whole data set again, labelled dog
+    os.symlink("../cat/img_000.jpg", data / "dog" / "same.jpg")  # a cat image as a dog
+    os.symlink(tmp_path / "elsewhere" / "more", data / "dog" / "more")  # outside the tree: followed
+    os.link(data / "cat" / "img_001.jpg", data / "cat" / "hard.jpg")  # one file under two names
+    assert extract(data, tmp_path / "c.h5") == 0
+    out = capsys.readouterr().out
+    paths = cached_paths(tmp_path / "c.h5")
+    assert len(paths) == 4 + 4 + 2
+    assert "dog/more/img_000.jpg" in paths and not any("self" in p or "up/" in p for p in paths)
+    assert "skipped cat/self: link to a folder already in the data" in out
+    assert "skipped dog/up: link to a folder already in the data" in out
+    assert "skipped dog/same.jpg: the same file as cat/img_000.jpg" in out
+    assert "skipped cat/img_001.jpg: the same file as cat/hard.jpg" in out  # first in sorted order wins
+
+
+def test_a_class_called_train_is_a_class_and_split_folders_with_strays_are_refused(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "vehicles", {"bus": 3, "car": 3, "train": 3})
+    assert extract(data, tmp_path / "v.h5") == 0
+    assert "read as class folders: bus, car, train" in capsys.readouterr().out
+    with FeatureCache(tmp_path / "v.h5") as cache:
+        assert cache.class_names == ["bus", "car", "train"] and not any(cache.splits)
+
+    split = tmp_path / "split"
+    make_class_folders(split / "train", {"a": 3, "b": 3})
+    make_class_folders(split / "validation", {"a": 2, "b": 2}, start_seed=9)
+    assert extract(split, tmp_path / "s.h5") == 0
+    assert "read as split folders: train (train), validation (val)" in capsys.readouterr().out
+    make_class_folders(split / "extra", {"c": 2}, start_seed=20)
+    assert extract(split, tmp_path / "s.h5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "other folders beside them (extra)" in err and "\n" not in err
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_reported_not_fatal(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", {"a": 3, "b": 3})
+    bad = os.path.join(os.fsencode(data / "a"), b"caf\xe9.jpg")
+    save(photo(seed=99), Path(os.fsdecode(bad)), "JPEG")
+    for _ in range(2):  # every re-run too
+        assert extract(data, tmp_path / "c.h5") == 0
+        out = capsys.readouterr().out
+        assert "skipped a/caf\\xe9.jpg: file name is not valid UTF-8; rename it" in out
+    assert len(cached_paths(tmp_path / "c.h5")) == 6
+
+
+def test_manifest_and_data_argument_errors_are_one_line(tmp_path, capsys):
+    make_class_folders(tmp_path / "imgs", {"a": 2, "b": 2})
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nimgs/a/img_000.jpg,a\nimgs/b/img_00\x001.jpg,b\n", encoding="utf-8")
+    assert extract(manifest, tmp_path / "m.h5") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{manifest}:3: the row holds a NUL byte" in err and "\n" not in err
+    assert extract(tmp_path / "imgs" / "a" / "img_000.jpg", tmp_path / "x.h5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an image file; DATA is a folder of class folders or a CSV manifest" in err and "\n" not in err
+
+
+def test_another_data_folder_does_not_silently_empty_the_cache(tmp_path, capsys):
+    first = make_class_folders(tmp_path / "first", {"a": 4, "b": 4})
+    other = make_class_folders(tmp_path / "other", {"a": 1, "b": 1}, start_seed=40)
+    assert extract(first, tmp_path / "c.h5") == 0
+    assert extract(other, tmp_path / "c.h5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "6 of its 8 images would be dropped" in err and "--prune" in err and "\n" not in err
+    assert len(cached_paths(tmp_path / "c.h5")) == 8  # untouched
+    for name in ("img_000.jpg", "img_001.jpg", "img_002.jpg"):
+        (first / "a" / name).unlink()
+        (first / "b" / name).unlink()
+    assert extract(first, tmp_path / "c.h5") == 2  # 6 of 8 gone from the same folder: more than half
+    assert extract(first, tmp_path / "c.h5", "--prune") == 0
+    assert "6 cached images no longer in" in capsys.readouterr().out
+    assert len(cached_paths(tmp_path / "c.h5")) == 2
+
+
+def test_auto_precision_extends_a_cache_in_its_own_precision(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", {"a": 3, "b": 3})
+    assert extract(data, tmp_path / "c.h5", "--precision", "bfloat16") == 0
+    for name in ("a", "b"):  # one new image per class
+        save(photo(seed=70 + len(name)), data / name / "new.jpg", "JPEG")
+    capsys.readouterr()
+    assert extract(data, tmp_path / "c.h5") == 0  # --precision auto, as on a laptop
+    out = capsys.readouterr().out
+    assert "precision auto: bfloat16" in out and "2 extracted, 6 kept" in out, out
+    with h5py.File(tmp_path / "c.h5") as cache:
+        assert cache.attrs["recipe.precision"] == "bfloat16"
+
+
+def test_non_finite_features_are_never_stored():
+    features = np.ones((3, 1, 1, 4), dtype=np.float16)
+    features[1, 0, 0, 2] = np.inf
+    records = [FileRecord(f"a/{i}.png", "h", FileStamp(1, 1)) for i in range(3)]
+    kept, kept_records, skipped = _finite_rows(features, records, [])
+    assert len(kept) == 2 and [r.path for r in kept_records] == ["a/0.png", "a/2.png"]
+    assert skipped[0].path == "a/1.png" and "non-finite" in skipped[0].reason
