@@ -36,7 +36,17 @@ def load_head(run_dir: Path) -> Head:
     meta_path = run_dir / HEAD_FILE
     if not meta_path.exists():
         raise PipelineError(f"{run_dir}: no saved head ({HEAD_FILE} missing); train one with `python -m pipeline train`")
-    kind = json.loads(meta_path.read_text(encoding="utf-8"))["head"]
+    try:
+        kind = json.loads(meta_path.read_text(encoding="utf-8"))["head"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{meta_path}: damaged ({error}); train the run again") from None
     if kind not in SAVED_HEADS:
         raise PipelineError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(SAVED_HEADS)}")
-    return SAVED_HEADS[kind].load(run_dir)
+    head_cls = SAVED_HEADS[kind]
+    try:
+        return head_cls.load(run_dir)
+    except PipelineError:
+        raise
+    except Exception as error:  # noqa: BLE001 - joblib, Keras and json raise many kinds on a damaged file
+        what = "missing" if not (run_dir / head_cls.model_file).is_file() else f"damaged ({' '.join(str(error).split())[:160]})"
+        raise PipelineError(f"{run_dir}: the saved head is {what}: {head_cls.model_file}; train the run again") from None

@@ -14,6 +14,10 @@ from features_cache.errors import CacheError
 from features_cache.records import FileRecord, FileStamp, SkippedFile
 
 
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
 class FeatureCache:
     """A finished feature cache, opened read-only.
 
@@ -35,9 +39,22 @@ class FeatureCache:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
             raise CacheError(f"{self.path}: not a readable HDF5 feature cache ({error}); rebuild it with `pipeline extract --force`") from None
+        try:
+            self._read_layout()
+        except CacheError:
+            self._file.close()
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as error:
+            self._file.close()
+            raise CacheError(
+                f"{self.path}: claims to be a feature cache but its layout is damaged or foreign ({one_line(error)}); "
+                "rebuild it with `pipeline extract --force`"
+            ) from None
+
+    def _read_layout(self) -> None:
+        """Everything but the features themselves, checked for the shapes the schema promises."""
         attrs = self._file.attrs
         if attrs.get("schema_version") != schema.SCHEMA_VERSION or not attrs.get("complete", False):
-            self._file.close()
             raise CacheError(f"{self.path}: not a complete feature cache of schema version {schema.SCHEMA_VERSION}; rebuild it with `pipeline extract --force`")
         self.recipe = schema.Recipe.from_attrs(attrs)
         self.identity = str(attrs["identity"])
@@ -47,6 +64,11 @@ class FeatureCache:
         self.paths = [str(p) for p in self._file[schema.PATHS].asstr()[()]]
         self.splits = np.array([str(s) for s in self._file[schema.SPLIT].asstr()[()]], dtype=object)
         self._features = self._file[schema.FEATURES]
+        n = len(self.paths)
+        if not (len(self.labels) == len(self.splits) == self._features.shape[0] == n) or self._features.ndim != 4:
+            raise CacheError(f"{self.path}: its datasets disagree on the number of images; rebuild it with `pipeline extract --force`")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise CacheError(f"{self.path}: labels point outside its class names; rebuild it with `pipeline extract --force`")
 
     def __enter__(self) -> FeatureCache:
         return self

@@ -2,7 +2,10 @@
 
 import os
 
+from pipeline import quiet
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+quiet.install()
 
 __version__ = "0.1.0"

@@ -175,11 +175,11 @@ def weights_sha256(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _weights_help(name: str, spec: BackboneSpec) -> str:
-    target = keras_models_dir() / spec.weights_file
+def _weights_help(name: str, spec: BackboneSpec, image_size: int) -> str:
+    filename = spec.weights_file(image_size)
     return (
-        f"put {spec.weights_file} (from the keras-applications release on storage.googleapis.com) "
-        f"at {target}, or pass --weights /path/to/{spec.weights_file}"
+        f"put {filename} (from the keras-applications release on storage.googleapis.com) "
+        f"at {keras_models_dir() / filename}, or pass --weights /path/to/{filename}"
     )
 
 
@@ -192,7 +192,9 @@ def _build_base(name: str, spec: BackboneSpec, weights: str, image_size: int, se
             return constructor(include_top=False, weights="imagenet", input_shape=shape), "imagenet"
         except Exception as error:  # noqa: BLE001 - keras raises bare Exception on fetch failures
             reason = str(error).splitlines()[0][:200]
-            raise PipelineError(f"cannot load the ImageNet weights for {name} ({reason}); {_weights_help(name, spec)}") from None
+            raise PipelineError(
+                f"cannot load the ImageNet weights for {name} ({reason}); {_weights_help(name, spec, image_size)}"
+            ) from None
     if weights == "none":
         keras.utils.set_random_seed(seed)
         return constructor(include_top=False, weights=None, input_shape=shape), f"random(seed={seed})"

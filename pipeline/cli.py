@@ -1,34 +1,80 @@
-"""``python -m pipeline <command>``: one module per command under ``pipeline.commands``."""
+"""``python -m pipeline <command>``: one module per command under ``pipeline.commands``.
+
+Every command ends the same way: its result, or one line ``error: ...`` naming the path or
+value and the fix, with a non-zero exit. Expected failures are ``PipelineError`` and
+``CacheError``; an ``OSError`` (a full disk, a missing folder, a permission) is reported
+with its path; anything else is a bug, reported in one line that asks for ``--verbose``,
+which shows the traceback (and TensorFlow's start-up log).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from features_cache.errors import CacheError
+from pipeline import quiet
 from pipeline.errors import PipelineError
 
 COMMANDS = ("extract", "info", "train", "runs", "evaluate", "report", "audit", "predict", "export")
+EXIT_ERROR = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Extract CNN codes once into an HDF5 cache, then train cheap heads on them."
     )
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and TensorFlow's own log lines")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"pipeline.commands.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OS error as ``path: what happened; the fix``."""
+    where = error.filename or ""
+    what = error.strerror or str(error)
+    if error.errno == 28:  # ENOSPC
+        folder = os.path.dirname(os.path.abspath(where)) if where else "the output folder"
+        return f"{where or folder}: no space left on the device; free space in {folder} and run the same command again"
+    return f"{where}: {what}" if where else what
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        quiet.uninstall()
     try:
         return int(args.run(args) or 0)
     except (PipelineError, CacheError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("interrupted: finished batches are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+        resume = "; finished batches are kept: run the same command again to resume" if args.command == "extract" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as error:
+        if args.verbose:
+            raise
+        print(f"error: {one_line(describe_os_error(error))}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback with --verbose
+        if args.verbose:
+            raise
+        print(
+            f"error: internal error in `{args.command}` ({type(error).__name__}: {one_line(error)[:300]}); "
+            "run it again with --verbose to see the traceback, and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

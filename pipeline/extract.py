@@ -32,7 +32,7 @@ from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
 from features_cache.writer import FeatureSource, Row, write_cache
 from pipeline import progress
-from pipeline.backbone_specs import cpu_has_amx, weights_path
+from pipeline.backbone_specs import check_backbone, cpu_has_amx, weights_path
 from pipeline.errors import PipelineError
 from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec
 from pipeline.loader import LoadTask, iter_batches
@@ -103,6 +103,11 @@ def _check_options(options: ExtractOptions) -> None:
         raise PipelineError(f"unknown storage dtype {options.storage_dtype!r}; use float16 or float32")
     if options.batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.image_size < 1:
+        raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
+    check_backbone(options.backbone)
+    if Path(options.cache).is_dir():
+        raise PipelineError(f"--cache {options.cache}: is a folder; pass a file path, e.g. {Path(options.cache) / 'features.h5'}")
     parent = Path(options.cache).resolve().parent
     if not parent.is_dir():
         raise PipelineError(f"{options.cache}: folder {parent} does not exist; create it or choose another --cache path")
@@ -281,7 +286,7 @@ def _request_fingerprint(options: ExtractOptions) -> str:
     the run is a no-op decided without importing Keras or building the model. Anything
     else takes the full path, which checks the real recipe.
     """
-    weights_file = weights_path(options.backbone, options.weights)
+    weights_file = weights_path(options.backbone, options.weights, options.image_size)
     stamp = None
     if weights_file is not None and weights_file.is_file():
         stamp = dataclasses.astuple(FileStamp.of(weights_file))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,9 +41,12 @@ def resolve_run(run: str, runs_dir: str | Path = "runs") -> Path:
 def load_run_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
         raise PipelineError(f"{path}: unreadable run config ({error}); train the run again") from None
+    if not isinstance(config, dict) or not isinstance(config.get("class_names"), list) or not isinstance(config.get("cache"), dict):
+        raise PipelineError(f"{path}: not a run config (class_names or cache missing); train the run again")
+    return config
 
 
 def check_same_cache(config: dict, cache: FeatureCache) -> None:
@@ -117,16 +121,22 @@ def append_index(runs_dir: Path, entry: dict) -> None:
 def read_index(runs_dir: str | Path) -> list[dict]:
     """Every indexed run whose folder still exists, oldest first; damaged lines are skipped."""
     runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise PipelineError(f"--runs-dir {runs_dir}: is a file, not a folder; pass the folder `train` wrote runs into")
     path = runs_dir / INDEX_FILE
     if not path.exists():
         return []
     entries = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("val"), dict):
+            if line.strip():
+                print(f"warning: {path}:{number}: not a run entry; skipped", file=sys.stderr)
             continue
-        if (runs_dir / entry.get("name", "")).is_dir() and entry.get("name"):
+        if entry["name"] and (runs_dir / entry["name"]).is_dir():
             entries.append(entry)
     return entries
 

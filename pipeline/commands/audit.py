@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, check_output_file
 
 
 def register(subparsers) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.audit import run_audit, write_csv, write_html
 
     params = head_params(args.head.lower(), args.set)
-    out = Path(args.out) if args.out else Path(args.cache).with_suffix(".audit.csv")
+    out = check_output_file(args.out, "--out") if args.out else Path(args.cache).with_suffix(".audit.csv")
     result = run_audit(args.cache, head=args.head.lower(), params=params, folds=args.folds, ranking=args.rank, seed=args.seed)
     write_csv(result, out)
     write_html(result, out.with_suffix(".html"), args.show)

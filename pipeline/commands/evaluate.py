@@ -22,9 +22,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import check_output_file
     from pipeline.evaluate import run_evaluate
     from pipeline.summary import console
 
+    if args.out:
+        check_output_file(args.out, "--out")
     result = run_evaluate(args.run_ref, args.cache, args.runs_dir, args.split, args.out)
     metrics = result.metrics
     console.print(

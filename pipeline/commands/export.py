@@ -23,9 +23,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import check_output_file
     from pipeline.export import export
     from pipeline.predict import load_run_model
 
+    check_output_file(args.out, "OUT")
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)
     out = export(model, args.out)
     print(f"{out}: {model.recipe.backbone} and the {type(model.head).name} head of {model.run_dir.name}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, check_output_file
 
 
 def register(subparsers) -> None:
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
+    check_output_file(args.out, "--out")
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)
     print_predictions(run_predict(model, args.images, args.out, args.batch_size, args.workers), args.top)
     return 0
