@@ -167,7 +167,8 @@ def read_skipped(group: h5py.Group) -> list[SkippedFile]:
     reasons = sub[schema.REASONS].asstr()[()]
     sizes = sub[schema.FILE_SIZE][()]
     mtimes = sub[schema.FILE_MTIME][()]
+    depends = sub[schema.DEPENDS_ON].asstr()[()] if schema.DEPENDS_ON in sub else [""] * len(paths)
     return [
-        SkippedFile(str(p), str(r), FileStamp(int(s), int(m)))
-        for p, r, s, m in zip(paths, reasons, sizes, mtimes)
+        SkippedFile(str(p), str(r), FileStamp(int(s), int(m)), str(d))
+        for p, r, s, m, d in zip(paths, reasons, sizes, mtimes, depends)
     ]

@@ -31,11 +31,27 @@ class FileRecord:
 
 @dataclasses.dataclass(frozen=True)
 class SkippedFile:
-    """A file that could not be turned into features, and why."""
+    """A file that could not be turned into features, why, and what that depended on.
+
+    ``depends_on`` is ``transient`` (retry on every run: a read or memory failure), or
+    space-separated ``name=value`` settings (``max_pixels=...``, ``pillow=...``): the file
+    is tried again when any of them differs. Empty (records of older caches) means retry.
+    """
 
     path: str
     reason: str
     stamp: FileStamp
+    depends_on: str = ""
+
+    def worth_retrying(self, conditions: str) -> bool:
+        """Whether the skip may not hold under ``conditions`` (same form as ``depends_on``)."""
+        if not self.depends_on or self.depends_on == TRANSIENT:
+            return True
+        now = dict(item.split("=", 1) for item in conditions.split() if "=" in item)
+        return any(now.get(key) != value for key, value in (item.split("=", 1) for item in self.depends_on.split() if "=" in item))
+
+
+TRANSIENT = "transient"
 
 
 def content_hash(data: bytes) -> str:

@@ -36,6 +36,7 @@ FILE_SIZE = "file_size"
 FILE_MTIME = "file_mtime_ns"
 SKIPPED = "skipped"
 REASONS = "reasons"
+DEPENDS_ON = "depends_on"
 
 ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 

@@ -77,6 +77,7 @@ def write_skipped(group: h5py.Group, skipped: Sequence[SkippedFile]) -> None:
     sub = group.create_group(schema.SKIPPED)
     write_strings(sub, schema.PATHS, [s.path for s in skipped])
     write_strings(sub, schema.REASONS, [s.reason for s in skipped])
+    write_strings(sub, schema.DEPENDS_ON, [s.depends_on for s in skipped])
     sub.create_dataset(schema.FILE_SIZE, data=np.array([s.stamp.file_size for s in skipped], dtype=np.int64))
     sub.create_dataset(schema.FILE_MTIME, data=np.array([s.stamp.file_mtime_ns for s in skipped], dtype=np.int64))
 

@@ -34,7 +34,7 @@ from features_cache.writer import FeatureSource, Row, write_cache
 from pipeline import progress
 from pipeline.backbone_specs import check_backbone, cpu_has_amx, weights_path
 from pipeline.errors import PipelineError
-from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec
+from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec, skip_conditions
 from pipeline.loader import LoadTask, iter_batches
 from pipeline.sources import Dataset, discover
 from pipeline.versions import library_versions
@@ -103,6 +103,8 @@ def _check_options(options: ExtractOptions) -> None:
         raise PipelineError(f"unknown storage dtype {options.storage_dtype!r}; use float16 or float32")
     if options.batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_pixels is not None and options.max_pixels < 1:
+        raise PipelineError(f"--max-pixels must be a positive number of pixels, got {options.max_pixels}")
     if options.image_size < 1:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
@@ -151,8 +153,12 @@ def _check_journal(journal: Journal, recipe: schema.Recipe, force: bool) -> None
     )
 
 
-def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal) -> _Plan:
-    """Decide per image, reading file contents only where the stat fingerprint changed."""
+def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal, conditions: str) -> _Plan:
+    """Decide per image, reading file contents only where the stat fingerprint changed.
+
+    A file skipped before is tried again when the skip may not hold under ``conditions``
+    (another ``--max-pixels`` or Pillow version) or was a transient failure.
+    """
     journal_ready, journal_skipped = journal.contents() if journal.exists() else ({}, {})
     old_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
     old_skipped: dict[str, SkippedFile] = {}
@@ -174,7 +180,7 @@ def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal) -> _Plan
         failed = journal_skipped.get(entry.path) or old_skipped.get(entry.path)
         if known and known[0].stamp == stamp:
             ready[entry.path] = known
-        elif failed and failed.stamp == stamp:
+        elif failed and failed.stamp == stamp and not failed.worth_retrying(conditions):
             skipped[entry.path] = failed
         elif known and _same_content(absolute, known[0].content_hash):
             ready[entry.path] = (dataclasses.replace(known[0], stamp=stamp), known[1])
@@ -233,6 +239,8 @@ def _finite_rows(
     features: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]
 ) -> tuple[np.ndarray, list[FileRecord], list[SkippedFile]]:
     """Rows whose features hold NaN or inf become skipped files: a cache never stores them."""
+    if not len(features):
+        return features, records, skipped
     finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
     if finite.all():
         return features, records, skipped
@@ -343,7 +351,9 @@ def _skipped_in_order(dataset: Dataset, plan: _Plan) -> list[SkippedFile]:
     return unreadable + [plan.skipped[item.path] for item in dataset.left_out]
 
 
-def _nothing_to_do(options: ExtractOptions, dataset: Dataset, request: str, started: float) -> ExtractReport | None:
+def _nothing_to_do(
+    options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float
+) -> ExtractReport | None:
     """The report of a no-op run, if this request and every file are as the cache recorded them."""
     path = Path(options.cache)
     if options.force or not path.exists() or schema.journal_dir(path).exists():
@@ -355,7 +365,7 @@ def _nothing_to_do(options: ExtractOptions, dataset: Dataset, request: str, star
     with cache:
         if cache.attrs.get("request") != request:
             return None
-        plan = _plan(dataset, cache, Journal(path))
+        plan = _plan(dataset, cache, Journal(path), skip_conditions(spec))
         class_names, rows = _rows(dataset, plan.ready)
         skipped = _skipped_in_order(dataset, plan)
         if plan.todo or not rows or not _unchanged(cache, dataset, class_names, rows, skipped):
@@ -393,7 +403,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     _check_journal(journal, recipe, options.force)
     old = _open_existing(options, recipe)
     try:
-        plan = _plan(dataset, old, journal)
+        plan = _plan(dataset, old, journal, skip_conditions(spec))
         if old is not None:
             notes += _check_removals(options, dataset, old, plan)
         extract_seconds = 0.0
@@ -478,11 +488,12 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
     started = time.perf_counter()
     _check_options(options)
     dataset = discover(options.data)
-    spec = ResizeSpec(options.image_size, options.resize, options.interpolation, options.max_pixels or DEFAULT_MAX_PIXELS)
+    max_pixels = DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels
+    spec = ResizeSpec(options.image_size, options.resize, options.interpolation, max_pixels)
     request = _request_fingerprint(options)
     try:
         with exclusive_writer(options.cache):
-            report = _nothing_to_do(options, dataset, request, started) or _update(options, dataset, spec, request, started)
+            report = _nothing_to_do(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
             return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
         raise PipelineError(str(error)) from None

@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from features_cache.records import FileRecord, FileStamp, SkippedFile
-from pipeline.images import ImageReadError, ResizeSpec, read_image
+from features_cache.records import TRANSIENT, FileRecord, FileStamp, SkippedFile
+from pipeline.images import DecodeBudget, ImageReadError, ResizeSpec, default_budget, failure_depends_on, read_image
 
 
 @dataclasses.dataclass
@@ -35,17 +35,15 @@ class LoadTask:
     absolute: str
 
 
-def _load(task: LoadTask, spec: ResizeSpec) -> tuple[np.ndarray | None, FileRecord | SkippedFile]:
+def _load(task: LoadTask, spec: ResizeSpec, budget: DecodeBudget) -> tuple[np.ndarray | None, FileRecord | SkippedFile]:
     try:
         stamp = FileStamp.of(task.absolute)
     except OSError as error:
-        return None, SkippedFile(task.path, f"cannot read file ({error.strerror})", FileStamp(-1, -1))
+        return None, SkippedFile(task.path, f"cannot read file ({error.strerror})", FileStamp(-1, -1), TRANSIENT)
     try:
-        pixels, digest = read_image(task.absolute, spec)
+        pixels, digest = read_image(task.absolute, spec, budget)
     except ImageReadError as error:
-        return None, SkippedFile(task.path, str(error), stamp)
-    except MemoryError:
-        return None, SkippedFile(task.path, "out of memory while decoding; lower --max-pixels", stamp)
+        return None, SkippedFile(task.path, str(error), stamp, failure_depends_on(error, spec))
     return pixels, FileRecord(task.path, digest, stamp)
 
 
@@ -59,11 +57,14 @@ def iter_batches(
     batch_size: int,
     workers: int | None = None,
     prefetch: int = 2,
+    budget: DecodeBudget | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode ``tasks`` in order and yield full batches of the images that could be read.
 
-    Files that fail are reported in the ``skipped`` list of the batch they fell into.
+    Files that fail are reported in the ``skipped`` list of the batch they fell into. All
+    decoding threads share one memory ``budget`` (default: a quarter of the free memory).
     """
+    budget = budget or default_budget()
     window = batch_size * (prefetch + 1)
     images = np.zeros((batch_size, spec.size, spec.size, 3), dtype=np.uint8)
     count, records, skipped = 0, [], []
@@ -71,14 +72,14 @@ def iter_batches(
         pending: collections.deque[Future] = collections.deque()
         upcoming = iter(tasks)
         for task in upcoming:
-            pending.append(pool.submit(_load, task, spec))
+            pending.append(pool.submit(_load, task, spec, budget))
             if len(pending) >= window:
                 break
         while pending:
             pixels, record = pending.popleft().result()
             next_task = next(upcoming, None)
             if next_task is not None:
-                pending.append(pool.submit(_load, next_task, spec))
+                pending.append(pool.submit(_load, next_task, spec, budget))
             if pixels is None:
                 skipped.append(record)
                 continue
