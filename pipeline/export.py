@@ -2,19 +2,22 @@
 
 The exported graph is resize -> round to 8-bit pixels -> the backbone's own
 preprocessing and frozen layers -> the cache's storage dtype -> the run's head, so it
-computes what ``extract`` then the head computed. Resizing runs in the graph
-(``keras.layers.Resizing``, with the recipe's interpolation, centre crop for
-``resize=crop``), so callers may pass any height and width; its pixels differ slightly
-from Pillow's, so for bit-for-bit agreement with the cache pass images already at the
-recipe's size. Load it with ``import pipeline.export`` first: that registers the
-custom layers (``keras.saving.load_model(path)``).
+computes what ``extract`` then the head computed. Resizing runs in the graph with the
+recipe's interpolation, centre crop for ``resize=crop``, and antialiasing when it shrinks,
+as Pillow's resize does; so callers may pass any height and width and get what training
+saw (within JPEG draft decoding's rounding: pass images already at the recipe's size for
+bit-for-bit agreement). The model sees pixels as given: apply the EXIF orientation first,
+as :func:`serving_image` does. Load it with ``import pipeline.export`` first: that
+registers the custom layers (``keras.saving.load_model(path)``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from pipeline.backbones import CastTo
 from pipeline.errors import PipelineError
@@ -51,6 +54,7 @@ def build_serving_model(model: RunModel) -> keras.Model:
         size,
         interpolation=KERAS_INTERPOLATION[recipe.interpolation],
         crop_to_aspect_ratio=recipe.resize == "crop",
+        antialias=recipe.interpolation != "nearest",
         dtype="float32",
         name="resize",
     )(keras.ops.cast(inputs, "float32"))
@@ -63,6 +67,18 @@ def build_serving_model(model: RunModel) -> keras.Model:
     head = model.head.to_keras()
     probabilities = head(features)
     return keras.Model(inputs, probabilities, name=f"{recipe.backbone}_{type(model.head).__name__.lower()}")
+
+
+def serving_image(path: str | os.PathLike) -> np.ndarray:
+    """A file as the exported model takes it: (H, W, 3) uint8 RGB at its own size, EXIF orientation applied,
+    transparency on the same background as stage one."""
+    from PIL import Image
+
+    from pipeline.images import apply_exif_orientation, to_rgb
+
+    with Image.open(path) as image:
+        image.load()
+        return np.asarray(to_rgb(apply_exif_orientation(image)), dtype=np.uint8)
 
 
 def export(model: RunModel, out: str | Path) -> Path:

@@ -153,8 +153,8 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
                 image.draft("RGB", (round(width * scale), round(height * scale)))
             with budget.reserve(decoded_bytes(image)) if budget else contextlib.nullcontext():
                 image.load()
-                image = _apply_exif_orientation(image)
-                return _resize(_to_rgb(image), spec)
+                image = apply_exif_orientation(image)
+                return _resize(to_rgb(image), spec)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -184,7 +184,7 @@ def failure_depends_on(error: ImageReadError, spec: ResizeSpec) -> str:
     return TRANSIENT if error.transient else skip_conditions(spec)
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate as the camera said; a malformed EXIF block leaves the stored pixels as they are."""
     try:
         with warnings.catch_warnings():
@@ -194,7 +194,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha on a fixed background."""
     if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _grey_to_rgb(np.asarray(image, dtype=np.float64), image.mode)

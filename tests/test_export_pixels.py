@@ -1,0 +1,50 @@
+"""The exported model sees the pixels training saw: photo-sized JPEGs of several aspect ratios, resized in the graph."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+from image_factory import make_class_folders, photo, save
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.export import serving_image
+
+SIZES = [(3000, 2000), (2000, 3000), (480, 360), (360, 480), (1000, 1000), (640, 427)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> dict:
+    """A logreg run on 64 px codes, JPEGs much larger than 64 px, and what predict and the export say of them."""
+    root = tmp_path_factory.mktemp("export-pixels")
+    data = make_class_folders(root / "data", {"warm": 12, "cool": 12, "green": 12}, size=(160, 120))
+    cache = root / "c.h5"
+    assert main(["extract", str(data), "--cache", str(cache), "--weights", "none", "--image-size", "64"]) == 0
+    assert main(["train", str(cache), "--head", "logreg", "--name", "lr", "--runs-dir", str(root / "runs")]) == 0
+    images = root / "new"
+    for i, (width, height) in enumerate(SIZES * 2):
+        pixels = np.asarray(photo(width, height, seed=500 + i)).astype(np.int16)
+        pixels[..., i % 3] += 60  # lean towards one class or another
+        save(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), images / f"{i:02d}_{width}x{height}.jpg", "JPEG", quality=92)
+    out = root / "p.csv"
+    assert main(["predict", "lr", str(images), "--runs-dir", str(root / "runs"), "--out", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [key for key in rows[0] if key.startswith("p_")]
+    expected = np.array([[float(row[c]) for c in columns] for row in rows])
+    assert main(["export", "lr", str(root / "lr.keras"), "--runs-dir", str(root / "runs")]) == 0
+    model = keras.saving.load_model(root / "lr.keras")
+    got = np.concatenate([keras.ops.convert_to_numpy(model.predict(serving_image(row["path"])[None], verbose=0)) for row in rows])
+    return {"expected": expected, "got": got, "paths": [row["path"] for row in rows]}
+
+
+def test_exported_probabilities_match_predict_within_0_01(served):
+    difference = np.abs(served["got"] - served["expected"]).max(axis=1)
+    assert difference.max() < 0.01, dict(zip(served["paths"], difference.round(4)))
+
+
+def test_exported_model_picks_the_same_class_for_every_image(served):
+    assert (served["got"].argmax(axis=1) == served["expected"].argmax(axis=1)).all()
