@@ -57,8 +57,15 @@ def weights_path(backbone: str, weights: str, image_size: int = 224) -> Path | N
     return Path(weights).expanduser()
 
 
-def cpu_has_amx() -> bool:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()

@@ -32,7 +32,7 @@ from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
 from features_cache.writer import FeatureSource, Row, write_cache
 from pipeline import progress
-from pipeline.backbone_specs import check_backbone, cpu_has_amx, weights_path
+from pipeline.backbone_specs import check_backbone, cpu_flags, weights_path
 from pipeline.errors import PipelineError
 from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec, skip_conditions
 from pipeline.loader import LoadTask, iter_batches
@@ -305,7 +305,7 @@ def _request_fingerprint(options: ExtractOptions) -> str:
         "host": socket.gethostname(),
         "keras_backend": os.environ.get("KERAS_BACKEND", ""),
         "keras": _installed_version("keras"),
-        "amx": cpu_has_amx(),
+        "cpu_bfloat16": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -375,7 +375,7 @@ def _nothing_to_do(
 
 def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float) -> ExtractReport:
     """The full path: build the backbone, check the recipe, extract what is missing, write."""
-    from pipeline.backbones import build_backbone
+    from pipeline.backbones import build_backbone, tf32_allowed
 
     cache_path = Path(options.cache)
     precision, notes = _precision_for(options)
@@ -436,6 +436,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
                     "source_kind": dataset.kind,
                     "created_at": old.attrs["created_at"] if old else _now(),
                     "request": request,
+                    "tf32": {True: "allowed", False: "off", None: "not applicable (CPU)"}[tf32_allowed()],
                     **library_versions(),
                 },
             )

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from image_factory import make_class_folders, photo, save
 
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp
+from pipeline.backbones import Device, auto_precision
 from pipeline.cli import main
 from pipeline.extract import _finite_rows
 
@@ -123,3 +125,21 @@ def test_non_finite_features_are_never_stored():
     kept, kept_records, skipped = _finite_rows(features, records, [])
     assert len(kept) == 2 and [r.path for r in kept_records] == ["a/0.png", "a/2.png"]
     assert skipped[0].path == "a/1.png" and "non-finite" in skipped[0].reason
+
+
+@pytest.mark.parametrize(
+    "device, expected",
+    [
+        (Device("jax", (9, 0)), "bfloat16"),  # H100
+        (Device("torch", (8, 0)), "bfloat16"),  # A100
+        (Device("tensorflow", (7, 5)), "float16"),  # T4: tensor cores without bfloat16
+        (Device("torch", (7, 0)), "float16"),  # V100
+        (Device("jax", (6, 0)), "float16"),  # P100
+        (Device("tensorflow", None, frozenset({"avx2", "amx_bf16"})), "bfloat16"),
+        (Device("tensorflow", None, frozenset({"avx512f", "avx512_bf16"})), "bfloat16"),  # measured 2x on Zen 4
+        (Device("jax", None, frozenset({"avx512_bf16"})), "float32"),  # measured no faster there
+        (Device("torch", None, frozenset({"avx2"})), "float32"),
+    ],
+)
+def test_auto_precision_follows_the_hardware(device, expected):
+    assert auto_precision(device) == expected
