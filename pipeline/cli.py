@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        resume = "; finished batches are kept: run the same command again to resume" if args.command == "extract" else ""
+        resume = ": finished batches are kept; run the same command again to resume" if args.command == "extract" else ""
         print(f"interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:

@@ -42,9 +42,19 @@ def run_evaluate(run: str, cache_path: str, runs_dir: str = "runs", split: str =
                 f"{cache.path}: classes {', '.join(unknown)} are not among the run's ({', '.join(class_names)}); "
                 "evaluate on images of the run's classes, or train a head on this cache"
             )
+        training_cache = Path(config["cache"]["path"]).resolve() == Path(cache.path).resolve()
+        if training_cache and split in ("all", "train"):
+            raise PipelineError(
+                f"{cache.path} is the cache run {config['name']!r} was trained on: --split {split} would score its "
+                "training images; see its held-out images with `pipeline report`, or evaluate a cache of new images"
+            )
         rows = np.arange(len(cache)) if split == "all" else np.flatnonzero(cache.splits == split)
         if len(rows) == 0:
-            raise PipelineError(f"{cache.path}: no images in the stored {split} split; use --split all")
+            stored = sorted({str(s) for s in cache.splits if s}) or ["none"]
+            raise PipelineError(
+                f"{cache.path}: no images in the stored {split} split (stored splits: {', '.join(stored)}); "
+                "pass --split all to score every image of this cache"
+            )
         labels = np.array([class_names.index(cache.class_names[label]) for label in cache.labels[rows]])
         head = load_head(run_dir)
         blocks = [head.class_probabilities(block, class_names) for block in cache.iter_features(rows, batch_size=1024)]

@@ -74,6 +74,7 @@ def cases(w: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["runs", "--runs-dir", str(w["file"])], "is a file"),
         (["evaluate", "lr", str(w["foreign"]), "--runs-dir", runs], "damaged or foreign"),
         (["evaluate", "bad-config", cache, "--runs-dir", runs], "not a run config"),
+        (["evaluate", "lr", cache, "--runs-dir", runs], "would score its training images"),
         (["report", "no-predictions", "--runs-dir", runs], "no predictions"),
         (["report", "--runs-dir", str(w["file"])], "is a file"),
         (["audit", str(w["foreign"])], "damaged or foreign"),
