@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class Journal:
 
     def __init__(self, cache_path: str | Path) -> None:
         self.dir = schema.journal_dir(cache_path)
+        self.damaged: list[str] = []
 
     def exists(self) -> bool:
         return self.dir.is_dir()
@@ -54,25 +57,42 @@ class Journal:
     def append(
         self, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile]
     ) -> None:
-        """Commit one batch: after this returns, a kill cannot lose it."""
-        number = len(self.segments())
-        with atomic_h5(self.dir / f"segment-{number:08d}.h5") as f:
+        """Commit one batch: after this returns, a kill cannot lose it.
+
+        Segments are named by creation time and a random suffix, never by a count: after a
+        segment is lost or removed, a count would reuse the name of one that rows are still
+        planned to come from.
+        """
+        name = f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.h5"
+        with atomic_h5(self.dir / name) as f:
             f.create_dataset(schema.FEATURES, data=features)
             write_records(f, records)
             write_skipped(f, skipped)
 
     def contents(self) -> tuple[dict[str, tuple[FileRecord, FeatureSource]], dict[str, SkippedFile]]:
-        """Every committed row and skipped file, by relative path; later batches win."""
+        """Every committed row and skipped file, by relative path; later batches win.
+
+        A segment that cannot be read whole (truncated, zeroed, not HDF5, rows and features
+        of different lengths) is deleted and named in ``damaged``: its images are extracted again.
+        """
         done: dict[str, tuple[FileRecord, FeatureSource]] = {}
         skipped: dict[str, SkippedFile] = {}
         for segment in self.segments():
-            with h5py.File(segment, "r") as f:
-                for index, record in enumerate(read_records(f)):
-                    done[record.path] = (record, FeatureSource(str(segment), index))
-                    skipped.pop(record.path, None)
-                for item in read_skipped(f):
-                    skipped[item.path] = item
-                    done.pop(item.path, None)
+            try:
+                with h5py.File(segment, "r") as f:
+                    records, failed = read_records(f), read_skipped(f)
+                    if f[schema.FEATURES].shape[0] != len(records):
+                        raise ValueError("features and records differ in length")
+            except (OSError, KeyError, ValueError, TypeError):
+                self.damaged.append(segment.name)
+                segment.unlink(missing_ok=True)
+                continue
+            for index, record in enumerate(records):
+                done[record.path] = (record, FeatureSource(str(segment), index))
+                skipped.pop(record.path, None)
+            for item in failed:
+                skipped[item.path] = item
+                done.pop(item.path, None)
         return done, skipped
 
     def remove(self) -> None:

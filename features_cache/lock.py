@@ -30,4 +30,18 @@ def exclusive_writer(cache_path: str | os.PathLike) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
+        remove_dead_temporaries(cache_path)
         yield
+
+
+def remove_dead_temporaries(cache_path: Path) -> list[Path]:
+    """Delete temporary files that killed writers of this cache left (the lock proves they are dead)."""
+    mine = f".tmp-{os.getpid()}"
+    candidates = list(cache_path.parent.glob(f".{cache_path.name}.tmp-*"))
+    journal = cache_path.with_name(cache_path.name + ".journal")
+    if journal.is_dir():
+        candidates += list(journal.glob(".*.tmp-*"))
+    removed = [path for path in candidates if not path.name.endswith(mine)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -47,7 +47,7 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(tmp, "w") as f:  # the default, oldest file format: HDF5 1.8+ tools read it
             yield f
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -157,6 +157,6 @@ def write_cache(
             f.attrs["schema_version"] = schema.SCHEMA_VERSION
             f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             f.attrs.update(attrs)
-            f.attrs["complete"] = True
+            f.attrs["complete"] = np.int8(1)  # not a numpy bool: HDF5 1.10 tools cannot read those
     finally:
         sources.close()

@@ -142,10 +142,10 @@ def _check_journal(journal: Journal, recipe: schema.Recipe, force: bool) -> None
     if not journal.exists():
         return
     theirs = journal.recipe()
-    if theirs == recipe:
-        return
-    if force or theirs is None:
+    if force or theirs is None:  # --force rebuilds from scratch, an unreadable journal is worth nothing
         journal.remove()
+        return
+    if theirs == recipe:
         return
     raise PipelineError(
         f"{journal.dir}: an interrupted run with other settings ({'; '.join(recipe.differences(theirs))}) "
@@ -406,6 +406,11 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         plan = _plan(dataset, old, journal, skip_conditions(spec))
         if old is not None:
             notes += _check_removals(options, dataset, old, plan)
+        if journal.damaged:
+            notes.append(
+                f"removed {len(journal.damaged)} damaged journal segment(s) of the interrupted run "
+                f"({', '.join(journal.damaged[:3])}); their images are extracted again"
+            )
         extract_seconds = 0.0
         if plan.todo:
             if not journal.exists():
