@@ -43,6 +43,7 @@ class ErrorReport:
     confusion: np.ndarray
     errors_csv: Path
     html: Path
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def error_rate(self) -> float:
@@ -136,6 +137,9 @@ def build_report(run: str, split: str | None = None, runs_dir: str | Path = "run
     report = ErrorReport(
         run_dir, split, len(rows), class_names, mistakes, confusion, run_dir / "errors.csv", run_dir / "report.html"
     )
+    report.warnings = [
+        note for note in config.get("split", {}).get("notes", []) if isinstance(note, str) and note.startswith("warning:")
+    ]
     write_errors_csv(report)
     name, head = str(config.get("name", run_dir.name)), str(config.get("head", ""))
     html_page.write_page(report.html, render(report, name, head, read_history(run_dir)))

@@ -150,6 +150,9 @@ def plan_cache_splits(cache: FeatureCache, fractions: Sequence[float] = DEFAULT_
     if decisions:
         warning = split_rules.write_memory(memory, fractions, decisions)
         plan.notes.append(warning or f"decided splits remembered in {memory}")
+    from pipeline.health.leakage import leakage_notes
+
+    plan.notes.extend(leakage_notes(cache, plan.splits))
     for split in ("train", "val"):
         if len(plan.rows(split)) == 0:
             raise PipelineError(

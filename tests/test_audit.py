@@ -1,75 +1,188 @@
-"""``pipeline audit``: planted wrong labels in real images must rank near the top."""
+"""``pipeline audit``: planted duplicates across splits, wrong labels and far-off images are found,
+and the review page's manifest relabels and excludes without extracting anything again."""
 
 from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
+from features_cache.reader import FeatureCache
 from pipeline.audit import run_audit
 from pipeline.cli import main
 from pipeline.demo_data import CLASS_NAMES, write_digits
 from pipeline.extract import ExtractOptions, run_extract
+from pipeline.health import duplicates, labels, outliers
 
 PER_CLASS = 40
 PLANTED_PER_CLASS = 2
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> tuple[Path, set[str]]:
-    """A digits cache where 2 images of every class were moved into the next class's folder."""
+def planted(tmp_path_factory) -> dict:
+    """Digits in train/ and test/ folders: 2 images of every class moved into the next class's folder,
+    and 6 test images copied into train (3 byte-for-byte, 3 re-encoded as JPEG)."""
     root = tmp_path_factory.mktemp("audit")
-    data = write_digits(root / "digits", per_class=PER_CLASS)
-    chosen = {name: sorted((data / name).iterdir())[:PLANTED_PER_CLASS] for name in CLASS_NAMES}
-    wrong = set()
+    source = write_digits(root / "source", per_class=PER_CLASS)
+    data = root / "digits"
+    wrong, copies = set(), set()
     for number, name in enumerate(CLASS_NAMES):
-        target = CLASS_NAMES[(number + 1) % len(CLASS_NAMES)]
-        for image in chosen[name]:
-            shutil.move(image, data / target / image.name)
-            wrong.add(f"{target}/{image.name}")
+        for k, image in enumerate(sorted((source / name).iterdir())):
+            split = "test" if k % 4 == 0 else "train"
+            label = CLASS_NAMES[(number + 1) % 10] if k in (1, 2) else name
+            target = data / split / label / image.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target)
+            if label != name:
+                wrong.add(f"{split}/{label}/{image.name}")
+            if split == "test" and k in (4, 8) and number < 3:
+                copy = data / "train" / name / f"copy-{image.stem}.{'png' if k == 4 else 'jpg'}"
+                if k == 4:
+                    shutil.copy(image, copy)
+                else:
+                    Image.open(image).convert("RGB").save(copy, quality=75)
+                copies.add(f"train/{name}/{copy.name}")
     cache = root / "digits.h5"
     run_extract(ExtractOptions(data=str(data), cache=str(cache), weights="none", image_size=32))
-    return cache, wrong
+    return {"root": root, "data": data, "cache": cache, "wrong": wrong, "copies": copies}
 
 
-def test_planted_label_errors_rank_near_the_top(planted, tmp_path, capsys):
-    cache, wrong = planted
-    out = tmp_path / "audit.csv"
-    assert main(["audit", str(cache), "--out", str(out), "--show", "30"]) == 0
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_health_report_finds_planted_problems(planted, tmp_path, capsys):
+    out = tmp_path / "health"
+    assert main(["audit", str(planted["cache"]), "--out", str(out), "--show", "30"]) == 0
     printed = capsys.readouterr().out
-    assert "out-of-fold accuracy" in printed and "flagged by confident learning" in printed
-    with open(out, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-    assert reader.fieldnames == ["rank", "path", "split", "given", "suggested", "self_confidence", "margin", "flagged"]
-    assert len(rows) == PER_CLASS * len(CLASS_NAMES)
-    assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
-    scores = [float(row["self_confidence"]) for row in rows]
-    assert scores == sorted(scores)
-    top = {row["path"] for row in rows[: 2 * len(wrong)]}
-    assert len(top & wrong) >= 0.8 * len(wrong), f"only {len(top & wrong)} of {len(wrong)} planted errors in the top"
-    flagged = {row["path"] for row in rows if row["flagged"] == "1"}
-    assert len(flagged & wrong) >= 0.6 * len(wrong)
-    page = out.with_suffix(".html").read_text(encoding="utf-8")
-    assert page.count('class="card"') == 30 and page.count("data:image/jpeg;base64,") == 30
+    summary = next(line for line in printed.splitlines() if "near-duplicate groups" in line)
+    assert summary.endswith("likely label errors") and "across splits" in summary
+
+    pairs = read_csv(out / "duplicates.csv")
+    assert list(pairs[0]) == ["path_a", "path_b", "similarity", "split_a", "split_b", "group"]
+    found = {row[key] for row in pairs for key in ("path_a", "path_b")}
+    assert planted["copies"] <= found, planted["copies"] - found
+    for row in pairs:
+        if {row["path_a"], row["path_b"]} & planted["copies"]:
+            assert row["split_a"] != row["split_b"] and "test" in (row["split_a"], row["split_b"])  # leakage
+    assert len(pairs) <= 3 * len(planted["copies"])  # no flood of false pairs
+
+    issues = read_csv(out / "label_issues.csv")
+    assert [int(row["rank"]) for row in issues] == list(range(1, len(issues) + 1))
+    top = {row["path"] for row in issues[: 2 * len(planted["wrong"])]}
+    assert len(top & planted["wrong"]) >= 0.8 * len(planted["wrong"])
+    flagged = {row["path"] for row in issues if row["flagged"] == "1"}
+    assert len(flagged & planted["wrong"]) >= 0.6 * len(planted["wrong"])
+    assert len(flagged - planted["wrong"]) <= len(planted["wrong"])
+
+    classes = read_csv(out / "classes.csv")
+    assert [row["class"] for row in classes] == sorted(CLASS_NAMES) and list(classes[0]) == ["class", "all", "test", "train", "val"]
+    assert (out / "outliers.csv").read_text().startswith("rank,path,split,label,knn_distance,robust_z")
+    page = (out / "audit.html").read_text(encoding="utf-8")
+    assert page.count('class="group leak"') >= len(planted["copies"]) and "Download manifest" in page
 
 
-def test_margin_ranking_and_out_of_fold_probabilities(planted):
-    cache, wrong = planted
-    result = run_audit(cache, folds=4, ranking="margin")
-    assert result.probabilities.shape == (PER_CLASS * len(CLASS_NAMES), len(CLASS_NAMES))
-    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
-    margins = result.margin[result.order]
-    assert np.all(np.diff(margins) >= 0)
-    top = {result.paths[i] for i in result.order[: 2 * len(wrong)]}
-    assert len(top & wrong) >= 0.8 * len(wrong)
+def test_train_and_report_warn_when_test_images_are_in_train(planted, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", str(planted["cache"]), "--head", "logreg", "--runs-dir", str(tmp_path), "--name", "lr"]) == 0
+    assert "test images have a near-duplicate in train" in capsys.readouterr().out
+    assert main(["report", "lr", "--runs-dir", str(tmp_path)]) == 0
+    assert "test images have a near-duplicate in train" in capsys.readouterr().out
+
+
+def render_with_choices(page: Path, choices: dict[str, str], profile: Path) -> str:
+    """The page's own script run in headless Chromium with ``choices`` (path -> class, or '-' to exclude)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed; `make setup` installs it (or `sudo apt-get install chromium`)"
+    fragment = "review=" + ";".join(f"{path}|{choice}" for path, choice in choices.items())
+    result = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", f"{page.as_uri()}#{fragment}"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return result.stdout
+
+
+def test_the_review_loop_fixes_labels_without_extracting_again(planted, tmp_path, capsys):
+    """audit -> choices on the page -> its manifest saved in the data root -> extract -> train."""
+    work = tmp_path / "copy"
+    shutil.copytree(planted["data"], work / "digits")
+    cache = work / "digits.h5"
+    shutil.copy(planted["cache"], cache)
+    with h5py.File(cache, "a") as f:
+        f.attrs["data_root"] = str((work / "digits").resolve())
+    assert main(["audit", str(cache), "--out", str(work / "health")]) == 0
+    relabel = sorted(planted["wrong"])[:3]
+    exclude = sorted(planted["copies"])[:2]
+    choices = {path: path.split("/")[-1] for path in []}
+    for path in relabel:
+        number = CLASS_NAMES.index(path.split("/")[1])
+        choices[path] = CLASS_NAMES[(number - 1) % 10]  # its true class
+    choices.update(dict.fromkeys(exclude, "-"))
+    dom = render_with_choices(work / "health" / "audit.html", choices, tmp_path / "profile")
+    manifest = dom.split('<pre id="manifest">', 1)[1].split("</pre>", 1)[0]
+    manifest = manifest.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    (work / "digits" / "review.csv").write_text(manifest, encoding="utf-8")
+    rows = list(csv.DictReader(manifest.splitlines()))
+    with FeatureCache(cache) as before:
+        assert len(rows) == len(before) - len(exclude)
+
+    capsys.readouterr()
+    assert main(["extract", str(work / "digits" / "review.csv"), "--cache", str(cache), "--weights", "none", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "0 extracted" in out and f"{len(exclude)} removed" in out, out
+    with FeatureCache(cache) as after:
+        label_of = {p: after.class_names[k] for p, k in zip(after.paths, after.labels)}
+        assert not set(exclude) & set(label_of)
+        for path in relabel:
+            assert label_of[path] == choices[path]
+        assert set(after.splits) == {"train", "test"}
+    assert main(["train", str(cache), "--head", "logreg", "--runs-dir", str(work / "runs")]) == 0
+
+
+def test_outliers_are_the_images_far_from_every_other(tmp_path):
+    """Three clusters of 60 codes and three codes far from all of them, in a real cache."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 64))
+    codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres] + [rng.normal(0, 3, (3, 64))])
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    z = outliers.robust_z(outliers.knn_distance(unit.astype(np.float32)))
+    assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182}
+
+
+def test_confident_learning_by_the_book():
+    """Thresholds are per-class mean self-confidence; an image counts for the passing class with the largest p."""
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55]])
+    given = np.array([0, 0, 1, 1, 0])
+    np.testing.assert_allclose(labels.thresholds(probabilities, given), [(0.9 + 0.8 + 0.45) / 3, 0.75])
+    assert labels.confident_joint(probabilities, given).tolist() == [[2, 0], [0, 1]]  # row 4 passes no threshold
+    assert labels.label_issues(probabilities, given).tolist() == [False, False, False, False, False]
+    given[3] = 0  # [0.2, 0.8] labelled 0: p1 = 0.8 passes class 1's threshold
+    assert labels.label_issues(probabilities, given)[3]
+
+
+def test_duplicate_groups_and_the_split_flag():
+    unit = np.eye(6, dtype=np.float32)
+    unit[1] = unit[0]
+    unit[2] = unit[0]
+    unit[4] = unit[3]
+    pairs = duplicates.similar_pairs(unit, 0.9)
+    assert duplicates.groups(pairs, 6) == [[0, 1, 2], [3, 4]]
+    assert duplicates.spans_splits([0, 1], ["train", "test"]) and not duplicates.spans_splits([3, 4], ["", "", "", "a", "a", ""])
 
 
 def test_audit_refuses_bad_settings(planted, capsys):
-    cache, _ = planted
+    cache = planted["cache"]
     assert main(["audit", str(cache), "--folds", "50"]) == 2
     err = capsys.readouterr().err
     assert "fewer than --folds 50" in err and "pass --folds" in err
@@ -77,5 +190,9 @@ def test_audit_refuses_bad_settings(planted, capsys):
     assert "unknown head 'forest'" in capsys.readouterr().err
     assert main(["audit", str(cache), "--set", "depth=3"]) == 2
     assert "no setting 'depth'" in capsys.readouterr().err
+    assert main(["audit", str(cache), "--threshold", "1.5"]) == 2
+    assert "--threshold 1.5" in capsys.readouterr().err
     assert main(["audit", str(cache.with_name("missing.h5"))]) == 2
     assert "no such cache" in capsys.readouterr().err
+    result = run_audit(cache, folds=4, ranking="margin")
+    assert np.all(np.diff(result.margin[result.order]) >= 0)

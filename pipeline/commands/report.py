@@ -53,5 +53,7 @@ def print_report(report) -> None:
         if not m.absolute.exists():
             console.print(f"  {m.path}: image not found at {m.absolute}")
     console.print(summary_line(report))
+    for warning in report.warnings:
+        console.print(warning)
     console.print("errors per true class: " + ", ".join(f"{name} {n}" for name, n in report.errors_per_class().items()))
     console.print(f"wrote {report.errors_csv} and {report.html}")

@@ -69,4 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_plan(plan) -> None:
     counts = ", ".join(f"{split} {len(plan.rows(split))}" for split in ("train", "val", "test") if len(plan.rows(split)))
-    print(f"splits: {counts}; " + "; ".join(plan.notes), flush=True)
+    notes = [note for note in plan.notes if not note.startswith("warning:")]
+    print(f"splits: {counts}; " + "; ".join(notes), flush=True)
+    for note in plan.notes:
+        if note.startswith("warning:"):
+            print(note, flush=True)
