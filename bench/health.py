@@ -84,12 +84,39 @@ def precision_recall(found: set[str], planted: set[str]) -> str:
     return f"precision {precision:.2f} ({hits}/{len(found)}), recall {hits / len(planted):.2f} ({hits}/{len(planted)})"
 
 
+def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
+    """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them."""
+    from classifiers import LogRegHead
+    from pipeline.health import duplicates, labels, outliers
+    from pipeline.health.embeddings import unit_rows
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, n)
+    X = np.maximum(rng.normal(0, 1, (classes, channels))[y] + rng.normal(0, 1.5, (n, channels)), 0).astype(np.float32)
+    timings = {}
+    started = time.perf_counter()
+    unit = unit_rows(X)
+    duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD)
+    timings["near-duplicates"] = time.perf_counter() - started
+    started = time.perf_counter()
+    outliers.knn_distance(unit)
+    timings["outliers"] = time.perf_counter() - started
+    started = time.perf_counter()
+    labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0), y)
+    timings["label issues (5-fold logreg)"] = time.perf_counter() - started
+    print(f"{n} synthetic codes: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=150)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="bench-out/health")
+    parser.add_argument("--synthetic", type=int, default=0, help="only time the sections on this many synthetic codes")
     args = parser.parse_args()
+    if args.synthetic:
+        time_synthetic(args.synthetic)
+        return 0
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     planted = build(out / "data", args.n)
