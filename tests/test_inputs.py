@@ -12,6 +12,7 @@ from image_factory import make_class_folders, photo, save
 
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp
+from pipeline.backbone_specs import BACKBONES, weights_path
 from pipeline.backbones import Device, auto_precision
 from pipeline.cli import main
 from pipeline.extract import _finite_rows
@@ -143,3 +144,17 @@ def test_non_finite_features_are_never_stored():
 )
 def test_auto_precision_follows_the_hardware(device, expected):
     assert auto_precision(device) == expected
+
+
+def test_mobilenetv2_weights_follow_the_input_size_as_keras_names_them():
+    spec = BACKBONES["mobilenetv2"]
+    assert spec.weights_file(160) == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
+    assert spec.weights_file(200) == spec.weights_file(224)  # Keras loads the 224 weights for other sizes
+    assert weights_path("mobilenetv2", "imagenet", 96).name.endswith("_96_no_top.h5")
+
+
+def test_the_cache_records_whether_tf32_was_allowed(tmp_path):
+    data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2})
+    assert extract(data, tmp_path / "c.h5") == 0
+    with h5py.File(tmp_path / "c.h5") as cache:
+        assert cache.attrs["tf32"] == "not applicable (CPU)"
