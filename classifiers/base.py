@@ -31,6 +31,20 @@ HISTORY_FILE = "history.json"
 CLASS_WEIGHT_CONSTRAINT: list = [StrOptions({"balanced"}), dict, None]
 
 
+def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
+    """(n, h, w, c) feature maps averaged (``avg``) or maxed (``max``) over the grid to (n, c),
+    flattened (``flatten``) to (n, h*w*c), or as they are (``none`` or None)."""
+    if pooling == "avg":
+        return maps.mean(axis=(1, 2))
+    if pooling == "max":
+        return maps.max(axis=(1, 2))
+    if pooling == "flatten":
+        return maps.reshape(len(maps), -1)
+    if pooling in (None, "none"):
+        return maps
+    raise SettingError(f"pooling={pooling!r} is unknown; use avg, max, flatten or none")
+
+
 class SettingError(PipelineError, ValueError):
     """An unknown setting or a value a head cannot use; shown as a one-line error."""
 

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 from sklearn.utils._param_validation import HasMethods, StrOptions
 
-from classifiers.base import HEAD_FILE, HISTORY_FILE, Head, SettingError
+from classifiers.base import HEAD_FILE, HISTORY_FILE, Head, SettingError, pool_maps
 
 POOLINGS = ("none", "avg", "max", "flatten")
 
@@ -34,13 +34,7 @@ class EstimatorHead(Head):
         self.pooling = pooling
 
     def _reduce(self, X: np.ndarray) -> np.ndarray:
-        if self.pooling == "avg":
-            return X.mean(axis=(1, 2))
-        if self.pooling == "max":
-            return X.max(axis=(1, 2))
-        if self.pooling == "flatten":
-            return X.reshape(len(X), -1)
-        return X
+        return pool_maps(X, self.pooling)
 
     def fit(self, X, y, *, X_val=None, y_val=None) -> EstimatorHead:
         from sklearn.base import clone

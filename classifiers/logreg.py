@@ -10,7 +10,7 @@ import joblib
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError
+from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError, pool_maps
 
 POOLINGS = ("avg", "max", "flatten")
 READ_ROWS = 1024
@@ -48,11 +48,7 @@ class LogRegHead(Head):
         self.class_weight = class_weight
 
     def _reduce(self, X: np.ndarray) -> np.ndarray:
-        if self.pooling == "avg":
-            return X.mean(axis=(1, 2))
-        if self.pooling == "max":
-            return X.max(axis=(1, 2))
-        return X.reshape(len(X), -1)
+        return pool_maps(X, self.pooling)
 
     def fit(self, X, y, *, X_val=None, y_val=None) -> LogRegHead:
         """Fit on ``X, y``; ``X_val, y_val`` only add the validation loss and accuracy to ``history_``."""

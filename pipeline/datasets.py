@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import EstimatorHead, Head
+from classifiers.base import pool_maps
 from features_cache.reader import FeatureCache
 from pipeline import runs
 from pipeline.errors import PipelineError
@@ -30,19 +31,6 @@ from pipeline.splits import DEFAULT_FRACTIONS, SPLITS
 from pipeline.train import TrainOptions, class_labels, plan_cache_splits, predict, run_config, write_run
 
 POOLINGS = (None, "avg", "max", "flatten")
-
-
-def pool(maps: np.ndarray, pooling: str | None) -> np.ndarray:
-    """(n, h, w, c) feature maps as they are (None), averaged or maxed over the grid (n, c), or flattened."""
-    if pooling not in POOLINGS:
-        raise PipelineError(f"pooling={pooling!r} is unknown; use one of {', '.join(map(str, POOLINGS))}")
-    if pooling == "avg":
-        return maps.mean(axis=(1, 2))
-    if pooling == "max":
-        return maps.max(axis=(1, 2))
-    if pooling == "flatten":
-        return maps.reshape(len(maps), -1)
-    return maps
 
 
 def load_split(
@@ -64,7 +52,9 @@ def load_split(
         rows = plan_cache_splits(cache, fractions).rows(split)
     else:
         raise PipelineError(f"split {split!r} is unknown; use train, val, test or all")
-    X = pool(cache.features(rows), pooling).astype(np.float32, copy=False)
+    if pooling not in POOLINGS:
+        raise PipelineError(f"pooling={pooling!r} is unknown; use one of {', '.join(map(str, POOLINGS))}")
+    X = pool_maps(cache.features(rows), pooling).astype(np.float32, copy=False)
     y = class_labels(cache, rows)
     if return_paths:
         return X, y, [cache.paths[r] for r in rows]
