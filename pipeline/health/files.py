@@ -32,7 +32,10 @@ def write_all(result, folder: Path) -> dict[str, Path]:
         DUPLICATES: write_rows(
             folder / DUPLICATES,
             ("path_a", "path_b", "similarity", "split_a", "split_b", "group"),
-            ((paths[p.a], paths[p.b], f"{p.similarity:.4f}", splits[p.a], splits[p.b], group_of[p.a]) for p in result.pairs),
+            (
+                (paths[p.a], paths[p.b], f"{p.similarity:.4f}", splits[p.a], splits[p.b], group_of.get(p.a, group_of.get(p.b, "")))
+                for p in result.pairs
+            ),
         ),
         OUTLIERS: write_rows(
             folder / OUTLIERS,
