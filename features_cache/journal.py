@@ -8,6 +8,7 @@ recipe it was made with, so a run with other settings never mixes its features i
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -21,7 +22,7 @@ import numpy as np
 from features_cache import schema
 from features_cache.reader import read_records, read_skipped
 from features_cache.records import FileRecord, SkippedFile
-from features_cache.writer import FeatureSource, atomic_h5, write_records, write_skipped
+from features_cache.writer import FeatureSource, write_atomically, write_records, write_skipped
 
 RECIPE_FILE = "recipe.json"
 
@@ -64,10 +65,12 @@ class Journal:
         planned to come from.
         """
         name = f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.h5"
-        with atomic_h5(self.dir / name) as f:
+        image = io.BytesIO()  # built in memory: HDF5 never meets a full disk, plain writes report it cleanly
+        with h5py.File(image, "w") as f:
             f.create_dataset(schema.FEATURES, data=features)
             write_records(f, records)
             write_skipped(f, skipped)
+        write_atomically(self.dir / name, image.getvalue())
 
     def contents(self) -> tuple[dict[str, tuple[FileRecord, FeatureSource]], dict[str, SkippedFile]]:
         """Every committed row and skipped file, by relative path; later batches win.

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,13 @@ import h5py
 import numpy as np
 
 from features_cache import schema
+from features_cache.errors import CacheError
 from features_cache.records import FileRecord, SkippedFile
+
+# Per-row bytes beside the features (path, hash, label, split, stamps; generous) and a fixed
+# headroom for HDF5's own structures: what the free-space check asks for on top of the features.
+METADATA_BYTES_PER_ROW = 256
+HEADROOM = 256 << 10
 
 STRING = h5py.string_dtype("utf-8")
 
@@ -59,6 +66,29 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` only once fully written and synced; a full disk is an ``OSError``, nothing left behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse before writing, not halfway: HDF5 that runs out of space mid-write can crash the process."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CacheError(
+            f"{folder}: {needed / 1e6:.1f} MB needed to write the cache but {free / 1e6:.1f} MB free; free space in "
+            f"{folder} and run the same command again (finished batches are kept)"
+        )
 
 
 def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
@@ -133,6 +163,8 @@ def write_cache(
     """
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
+    row_bytes = int(np.prod(feature_shape)) * dtype.itemsize + METADATA_BYTES_PER_ROW
+    check_free_space(Path(path).resolve().parent, len(rows) * row_bytes + len(skipped) * METADATA_BYTES_PER_ROW + HEADROOM)
     sources = _OpenFiles()
     try:
         with atomic_h5(path) as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -230,7 +231,16 @@ class _JournalWriter:
 
     def _raise_if_failed(self) -> None:
         if isinstance(self._error, OSError):
-            raise PipelineError(f"{self._journal.dir}: cannot write features ({self._error}); free disk space and run again") from None
+            folder = self._journal.dir.parent
+            if self._error.errno == errno.ENOSPC or "Errno 28" in str(self._error):
+                raise PipelineError(
+                    f"{folder}: no space left on the device while writing features; free space in {folder} "
+                    "and run the same command again (finished batches are kept)"
+                ) from None
+            raise PipelineError(
+                f"{self._journal.dir}: cannot write features ({' '.join(str(self._error).split())[:200]}); "
+                "fix the folder and run the same command again"
+            ) from None
         if self._error is not None:
             raise self._error
 
