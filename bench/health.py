@@ -99,7 +99,7 @@ def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD)
     timings["near-duplicates"] = time.perf_counter() - started
     started = time.perf_counter()
-    outliers.knn_distance(unit)
+    outliers.class_knn_distance(outliers.raw_unit_rows(X), y)
     timings["outliers"] = time.perf_counter() - started
     started = time.perf_counter()
     labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0), y)

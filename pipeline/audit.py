@@ -135,7 +135,7 @@ def run_audit(
     estimator = head_estimator(head, dict(params or {}))
     probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed)
     pairs = duplicates.similar_pairs(unit, threshold)
-    scores = outliers.knn_distance(unit)
+    scores = outliers.class_knn_distance(outliers.raw_unit_rows(X), label_ids, seed=seed)
     score = labels.ranking_scores(probabilities, label_ids, ranking)
     return AuditResult(
         cache=Path(cache_path),

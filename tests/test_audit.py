@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from image_factory import photo
 from PIL import Image
 
 from features_cache.reader import FeatureCache
@@ -52,9 +53,13 @@ def planted(tmp_path_factory) -> dict:
                 else:
                     Image.open(image).convert("RGB").save(copy, quality=75)
                 copies.add(f"train/{name}/{copy.name}")
+    foreign = set()
+    for j, name in enumerate(("one", "five", "seven")):  # files of no class: colour photos among the scans
+        photo(96, 72, seed=900 + j).save(data / "train" / name / f"foreign{j}.jpg")
+        foreign.add(f"train/{name}/foreign{j}.jpg")
     cache = root / "digits.h5"
     run_extract(ExtractOptions(data=str(data), cache=str(cache), weights="none", image_size=32))
-    return {"root": root, "data": data, "cache": cache, "wrong": wrong, "copies": copies}
+    return {"root": root, "data": data, "cache": cache, "wrong": wrong, "copies": copies, "foreign": foreign}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -88,7 +93,10 @@ def test_the_health_report_finds_planted_problems(planted, tmp_path, capsys):
 
     classes = read_csv(out / "classes.csv")
     assert [row["class"] for row in classes] == sorted(CLASS_NAMES) and list(classes[0]) == ["class", "all", "test", "train", "val"]
-    assert (out / "outliers.csv").read_text().startswith("rank,path,split,label,knn_distance,robust_z")
+    found_outliers = read_csv(out / "outliers.csv")
+    assert list(found_outliers[0]) == ["rank", "path", "split", "label", "knn_distance", "robust_z"]
+    assert {row["path"] for row in found_outliers[:3]} == planted["foreign"]  # the most isolated are the wrong files
+    assert len(found_outliers) <= 2 * len(planted["foreign"])
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert page.count('class="group leak"') >= len(planted["copies"]) and "Download manifest" in page
 
@@ -150,14 +158,14 @@ def test_the_review_loop_fixes_labels_without_extracting_again(planted, tmp_path
     assert main(["train", str(cache), "--head", "logreg", "--runs-dir", str(work / "runs")]) == 0
 
 
-def test_outliers_are_the_images_far_from_every_other(tmp_path):
-    """Three clusters of 60 codes and three codes far from all of them, in a real cache."""
+def test_alike_wrong_files_in_several_classes_cannot_vouch_for_one_another():
+    """Three classes of 60 codes, and four codes of one foreign kind filed under the classes."""
     rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1, (3, 64))
-    codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres] + [rng.normal(0, 3, (3, 64))])
-    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
-    z = outliers.robust_z(outliers.knn_distance(unit.astype(np.float32)))
-    assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182}
+    centres = rng.normal(0, 1, (4, 64))
+    codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres[:3]] + [centres[3] + rng.normal(0, 0.3, (4, 64))])
+    labels_of = np.concatenate([np.repeat(np.arange(3), 60), [0, 1, 2, 0]])
+    z = outliers.robust_z(outliers.class_knn_distance(outliers.raw_unit_rows(codes.astype(np.float32)), labels_of))
+    assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182, 183}
 
 
 def test_confident_learning_by_the_book():

@@ -1,34 +1,44 @@
-"""Images far from every other image: often a wrong file, a blank frame or a class nobody meant to collect.
+"""Images far from every class: often a wrong file, a blank frame or something nobody meant to collect.
 
-The score of an image is its mean cosine distance to its k nearest other images, each
-image scored against the rest only (leave-one-out: it never counts as its own
-neighbour), its near-duplicates excluded so a pair of odd files does not hide itself.
+The score of an image is the smallest, over the classes, of its mean cosine distance to
+that class's k nearest images, the neighbours taken from the other folds only (an image
+never vouches for itself or for the copies in its fold). Taking neighbours inside each
+class means a handful of wrong files, even alike, cannot vouch for one another. Distances
+are on the raw pooled codes made unit length: standardising every channel, as the
+duplicate search does, also lifts the channels where a wrong file differs from nothing.
 An image is an outlier when its score is far above the typical one: a robust z-score
-(median and MAD) over ``Z_THRESHOLD``.
+(median and MAD, Iglewicz and Hoaglin's modified z) over ``Z_THRESHOLD``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-K = 5
+K = 10
 Z_THRESHOLD = 3.5
-BLOCK = 1024
+FOLDS = 5
 
 
-def knn_distance(unit: np.ndarray, k: int = K, duplicate_threshold: float = 0.999) -> np.ndarray:
-    """(n,) mean cosine distance to the k nearest other images (near-identical ones skipped)."""
+def raw_unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to length one (all-zero rows stay zero), so dot products are cosines."""
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0).astype(np.float32)
+
+
+def class_knn_distance(unit: np.ndarray, labels: np.ndarray, k: int = K, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """(n,) per image: min over classes of the mean cosine distance to that class's k nearest out-of-fold images."""
+    from sklearn.model_selection import KFold
+
     n = len(unit)
-    k = max(1, min(k, n - 1))
-    scores = np.zeros(n, dtype=np.float64)
-    for start in range(0, n, BLOCK):
-        similarity = unit[start : start + BLOCK] @ unit.T
-        rows = np.arange(similarity.shape[0])
-        similarity[rows, start + rows] = -np.inf  # never its own neighbour
-        similarity[similarity >= duplicate_threshold] = -np.inf
-        nearest = -np.sort(-similarity, axis=1)[:, :k]
-        nearest[~np.isfinite(nearest)] = -1.0
-        scores[start : start + len(rows)] = (1.0 - nearest).mean(axis=1)
+    scores = np.full(n, np.inf)
+    splitter = KFold(n_splits=max(2, min(folds, n)), shuffle=True, random_state=seed)
+    for reference, held_out in splitter.split(unit):
+        for label in np.unique(labels[reference]):
+            members = reference[labels[reference] == label]
+            similarity = unit[held_out] @ unit[members].T
+            kk = min(k, len(members))
+            nearest = -np.partition(-similarity, kk - 1, axis=1)[:, :kk]
+            scores[held_out] = np.minimum(scores[held_out], (1.0 - nearest).mean(axis=1))
     return scores
 
 
