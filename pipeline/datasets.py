@@ -92,7 +92,7 @@ def save_run(
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_name, folder = runs.new_run_folder(runs_dir, name or f"{head.name}-{stamp}", name is not None)
-    plan = plan_cache_splits(cache, fractions)
+    plan = plan_cache_splits(cache, fractions, check_leakage=True)
     indices = {split: plan.rows(split) for split in ("train", *plan.held_out)}
     started = time.perf_counter()
     probas = {split: predict(head, cache, indices[split], None) for split in plan.held_out}

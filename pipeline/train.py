@@ -133,10 +133,14 @@ def available_memory() -> int:
         return 4 << 30
 
 
-def plan_cache_splits(cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> SplitPlan:
+def plan_cache_splits(
+    cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False
+) -> SplitPlan:
     """Every row's split (see :mod:`pipeline.splits`), remembered beside the cache; checked for training.
 
     Training needs images of every class and a val split; a missing test split is allowed.
+    ``check_leakage`` adds a warning note per held-out split with near-duplicates in train
+    (it reads every feature once more).
     """
     if len(cache.class_names) < 2:
         raise PipelineError(
@@ -150,9 +154,10 @@ def plan_cache_splits(cache: FeatureCache, fractions: Sequence[float] = DEFAULT_
     if decisions:
         warning = split_rules.write_memory(memory, fractions, decisions)
         plan.notes.append(warning or f"decided splits remembered in {memory}")
-    from pipeline.health.leakage import leakage_notes
+    if check_leakage:
+        from pipeline.health.leakage import leakage_notes
 
-    plan.notes.extend(leakage_notes(cache, plan.splits))
+        plan.notes.extend(leakage_notes(cache, plan.splits))
     for split in ("train", "val"):
         if len(plan.rows(split)) == 0:
             raise PipelineError(
@@ -199,7 +204,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
     with FeatureCache(options.cache) as cache:
-        plan = plan_cache_splits(cache, options.fractions)
+        plan = plan_cache_splits(cache, options.fractions, check_leakage=True)
         if on_plan is not None:
             on_plan(plan)
         used = ("train", *plan.held_out)
