@@ -69,14 +69,19 @@ def build_serving_model(model: RunModel) -> keras.Model:
     return keras.Model(inputs, probabilities, name=f"{recipe.backbone}_{type(model.head).__name__.lower()}")
 
 
-def serving_image(path: str | os.PathLike) -> np.ndarray:
-    """A file as the exported model takes it: (H, W, 3) uint8 RGB at its own size, EXIF orientation applied,
-    transparency on the same background as stage one."""
+def serving_image(path: str | os.PathLike, image_size: int | None = None, resize: str = "stretch") -> np.ndarray:
+    """A file as the exported model takes it: uint8 RGB, EXIF orientation applied, transparency on
+    stage one's background. With the recipe's ``image_size`` and ``resize="stretch"``, a large JPEG is
+    decoded at a reduced scale as stage one decodes it (closer still to training's pixels). For ``crop``
+    it is decoded whole: the graph crops whole pixels where Pillow crops fractions, a difference that
+    only vanishes at full size. The model resizes."""
     from PIL import Image
 
-    from pipeline.images import apply_exif_orientation, to_rgb
+    from pipeline.images import apply_exif_orientation, reduce_jpeg, to_rgb
 
     with Image.open(path) as image:
+        if image_size is not None and resize == "stretch":
+            reduce_jpeg(image, image_size, resize)
         image.load()
         return np.asarray(to_rgb(apply_exif_orientation(image)), dtype=np.uint8)
 

@@ -146,11 +146,7 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
                     f"{width}x{height} pixels is over the decompression-bomb limit of {spec.max_pixels:,}; "
                     "raise --max-pixels if the image is genuine"
                 )
-            if image.format == "JPEG" and spec.resize == "stretch":
-                image.draft("RGB", (spec.size, spec.size))
-            elif image.format == "JPEG":
-                scale = spec.size / min(width, height)
-                image.draft("RGB", (round(width * scale), round(height * scale)))
+            reduce_jpeg(image, spec.size, spec.resize)
             with budget.reserve(decoded_bytes(image)) if budget else contextlib.nullcontext():
                 image.load()
                 image = apply_exif_orientation(image)
@@ -167,6 +163,19 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
         raise ImageReadError("out of memory while decoding; lower --max-pixels or use fewer --workers", transient=True) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(f"corrupt or truncated image ({error})") from None
+
+
+def reduce_jpeg(image: Image.Image, size: int, resize: str) -> None:
+    """Let a JPEG decode at a reduced scale (Pillow's ``draft``: the DCT's own downscaling), never below
+    what the resize to ``size`` needs; other formats are left alone."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    if resize == "stretch":
+        image.draft("RGB", (size, size))
+    else:
+        scale = size / min(width, height)
+        image.draft("RGB", (round(width * scale), round(height * scale)))
 
 
 def read_image(path: str, spec: ResizeSpec, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
