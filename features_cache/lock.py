@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from features_cache.errors import CacheError
+from features_cache.errors import CacheError, no_space
 
 
 @contextlib.contextmanager
@@ -16,7 +16,11 @@ def exclusive_writer(cache_path: str | os.PathLike) -> Iterator[None]:
     """Hold ``CACHE.lock`` for the duration; refuse at once if another process holds it."""
     cache_path = Path(cache_path)
     lock_path = cache_path.with_name(cache_path.name + ".lock")
-    with open(lock_path, "a+") as handle:
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as error:
+        raise no_space(lock_path.parent, 4096, error) from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -24,7 +24,9 @@ import hashlib
 import json
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STANDALONE_VERSION = 1  # one file holding the features themselves
+READABLE_VERSIONS = (1, 2)
 
 FEATURES = "features"
 LABELS = "labels"
@@ -36,6 +38,13 @@ FILE_SIZE = "file_size"
 FILE_MTIME = "file_mtime_ns"
 SKIPPED = "skipped"
 REASONS = "reasons"
+SHARDS = "shards"
+SHARD_FILES = "files"
+SHARD_ROWS = "rows"
+SHARD_SIZES = "file_size"
+SHARD_DIGESTS = "digest"
+ROW_SHARD = "row_shard"
+ROW_INDEX = "row_index"
 
 ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 
@@ -90,7 +99,7 @@ def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
     return max(1, CHUNK_TARGET_BYTES // per_image)
 
 
-def journal_dir(cache_path: str | Path) -> Path:
-    """The folder where an unfinished run keeps its finished batches."""
+def shards_dir(cache_path: str | Path) -> Path:
+    """The folder of a cache's shards, named after the index so caches can share a folder."""
     cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".journal")
+    return cache_path.with_name(cache_path.name + ".shards")

@@ -47,7 +47,7 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(tmp, "w") as f:
             yield f
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -115,6 +115,64 @@ def _contiguous_runs(rows: Sequence[Row]) -> Iterator[tuple[int, int, str, int]]
             start = i
 
 
+def _common(f: h5py.File, recipe: schema.Recipe, class_names: Sequence[str], rows: Sequence[Row], skipped: Sequence[SkippedFile], attrs: dict[str, object]) -> None:
+    """Everything but the features, shared by the index and a standalone file."""
+    f.create_dataset(schema.LABELS, data=np.array([r.label for r in rows], dtype=np.int32))
+    write_strings(f, schema.CLASS_NAMES, class_names)
+    write_strings(f, schema.SPLIT, [r.split for r in rows])
+    write_records(f, [r.record for r in rows])
+    write_skipped(f, skipped)
+    f.attrs.update(recipe.to_attrs())
+    f.attrs["identity"] = recipe.fingerprint()
+    f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    f.attrs.update(attrs)
+
+
+def write_index(
+    path: str | os.PathLike,
+    *,
+    recipe: schema.Recipe,
+    feature_shape: tuple[int, ...],
+    class_names: Sequence[str],
+    rows: Sequence[Row],
+    skipped: Sequence[SkippedFile],
+    attrs: dict[str, object],
+    shards: Sequence[tuple[str, int, int, str]],
+) -> None:
+    """Write the index: row metadata, the shard table and ``features`` as a virtual dataset.
+
+    ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest)``; every
+    row's source file must be one of them. Only this small file is rewritten per commit.
+    """
+    path = Path(path)
+    dtype = np.dtype(recipe.storage_dtype)
+    number = {name: i for i, (name, *_rest) in enumerate(shards)}
+    folder = path.parent.resolve()
+    relative = [os.path.relpath(Path(r.source.file).resolve(), folder) for r in rows]
+    row_shard = np.array([number[name] for name in relative], dtype=np.int32)
+    row_index = np.array([r.source.index for r in rows], dtype=np.int64)
+    layout = h5py.VirtualLayout(shape=(len(rows), *feature_shape), dtype=dtype)
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or row_shard[i] != row_shard[start] or row_index[i] != row_index[start] + (i - start):
+            name, count = shards[row_shard[start]][0], shards[row_shard[start]][1]
+            source = h5py.VirtualSource(name, schema.FEATURES, shape=(count, *feature_shape), dtype=dtype)
+            layout[start:i] = source[int(row_index[start]) : int(row_index[start]) + (i - start)]
+            start = i
+    with atomic_h5(path) as f:
+        f.create_virtual_dataset(schema.FEATURES, layout)
+        _common(f, recipe, class_names, rows, skipped, attrs)
+        table = f.create_group(schema.SHARDS)
+        write_strings(table, schema.SHARD_FILES, [s[0] for s in shards])
+        table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in shards], dtype=np.int64))
+        table.create_dataset(schema.SHARD_SIZES, data=np.array([s[2] for s in shards], dtype=np.int64))
+        write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
+        f.create_dataset(schema.ROW_SHARD, data=row_shard)
+        f.create_dataset(schema.ROW_INDEX, data=row_index)
+        f.attrs["schema_version"] = schema.SCHEMA_VERSION
+        f.attrs["complete"] = np.int8(1)
+
+
 def write_cache(
     path: str | os.PathLike,
     *,
@@ -125,7 +183,7 @@ def write_cache(
     skipped: Sequence[SkippedFile],
     attrs: dict[str, object],
 ) -> None:
-    """Write a complete cache from rows whose features live in other HDF5 files.
+    """Write a standalone single-file cache (for sharing) from rows in other HDF5 files.
 
     Rows are copied in slices of contiguous source rows, so memory stays at about one
     chunk whatever the number of images.
@@ -146,16 +204,8 @@ def write_cache(
                     n = min(per_chunk, count - offset)
                     block = sources.features(file)[index + offset : index + offset + n]
                     features[first + offset : first + offset + n] = block.astype(dtype, copy=False)
-            f.create_dataset(schema.LABELS, data=np.array([r.label for r in rows], dtype=np.int32))
-            write_strings(f, schema.CLASS_NAMES, class_names)
-            write_strings(f, schema.SPLIT, [r.split for r in rows])
-            write_records(f, [r.record for r in rows])
-            write_skipped(f, skipped)
-            f.attrs.update(recipe.to_attrs())
-            f.attrs["identity"] = recipe.fingerprint()
-            f.attrs["schema_version"] = schema.SCHEMA_VERSION
-            f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            f.attrs.update(attrs)
-            f.attrs["complete"] = True
+            _common(f, recipe, class_names, rows, skipped, attrs)
+            f.attrs["schema_version"] = schema.STANDALONE_VERSION
+            f.attrs["complete"] = np.int8(1)
     finally:
         sources.close()

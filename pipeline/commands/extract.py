@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights none")
     parser.add_argument("--force", action="store_true", help="rebuild a cache made with other settings")
+    parser.add_argument("--prune", action="store_true", help="drop the rows of images no longer in the data folder, even most of them or all of another folder's")
     parser.set_defaults(run=run)
 
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             force=args.force,
+            prune=args.prune,
         )
     )
     print_extract_report(report)
