@@ -17,21 +17,21 @@ def exclusive_writer(cache_path: str | os.PathLike) -> Iterator[None]:
     cache_path = Path(cache_path)
     lock_path = cache_path.with_name(cache_path.name + ".lock")
     try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 - closed by the with below
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise no_space(lock_path.parent, 4096, error) from None
-    with handle:
+    try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = os.pread(descriptor, 100, 0).decode(errors="replace").strip() or "another process"
             raise CacheError(
                 f"{cache_path}: another extraction ({holder}) is writing this cache; "
                 "wait for it to finish or stop it, then run again"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+        with contextlib.suppress(OSError):  # naming the holder is a courtesy a full disk may refuse
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"pid {os.getpid()}".encode(), 0)
         yield
+    finally:
+        os.close(descriptor)

@@ -33,7 +33,7 @@ class FeatureCache:
             raise CacheError(f"{self.path}: not a readable HDF5 feature cache; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         try:
             self._open()
-        except (KeyError, OSError, ValueError, TypeError):
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError):
             self._file.close()
             raise CacheError(f"{self.path}: damaged feature cache index; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         except CacheError:
@@ -94,7 +94,7 @@ class FeatureCache:
             if shard not in self._open_shards:
                 self._open_shards[shard] = self._file if file == self.path else h5py.File(file, "r")
             return self._open_shards[shard][schema.FEATURES][start:stop]
-        except (OSError, KeyError):
+        except (OSError, KeyError, RuntimeError):
             raise CacheError(f"{file}: damaged shard of {self.path} (checksum or read error); run `pipeline verify {self.path}` to list damage, then `pipeline extract` again") from None
 
     def __len__(self) -> int:

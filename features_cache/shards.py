@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 
 from features_cache import schema
+from features_cache.faults import checkpoint
 from features_cache.reader import read_records, read_skipped
 from features_cache.records import FileRecord, SkippedFile
 from features_cache.writer import atomic_h5, write_records, write_skipped
@@ -90,7 +92,7 @@ def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Sha
                 for start in range(0, len(features), 4096):
                     features[start : start + 4096]
         return Shard(path, size, file_digest(path), records, skipped)
-    except (OSError, KeyError, TypeError) as error:
+    except (OSError, KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
 
@@ -101,3 +103,14 @@ def remove_temporaries(folder: Path, prefix: str = ".") -> None:
     for path in folder.iterdir():
         if path.name.startswith(prefix) and _TEMP.match(path.name) and path.is_file():
             path.unlink(missing_ok=True)
+
+
+def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
+    """Delete shards the committed index no longer lists; run only after the index is durable."""
+    for path in schema.shards_dir(cache_path).glob("shard-*.h5"):
+        if path.resolve() not in live:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            checkpoint("collecting")

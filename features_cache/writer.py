@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import io
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ import h5py
 import numpy as np
 
 from features_cache import schema
+from features_cache.faults import checkpoint
 from features_cache.records import FileRecord, SkippedFile
 
 STRING = h5py.string_dtype("utf-8")
@@ -42,15 +44,29 @@ class Row:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
-    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced."""
+def atomic_h5(path: str | os.PathLike, kind: str = "shard", in_memory: bool = True) -> Iterator[h5py.File]:
+    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced.
+
+    Small files (shards, the index) are built in memory and written with one plain
+    ``write``: a full disk is then one clean ``OSError``, never HDF5 failing mid-flush.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if in_memory:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                yield f
+            with open(tmp, "wb") as handle:
+                handle.write(image.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            with h5py.File(tmp, "w") as f:
+                yield f
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        checkpoint(f"{kind}-before-rename")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -159,7 +175,7 @@ def write_index(
             source = h5py.VirtualSource(name, schema.FEATURES, shape=(count, *feature_shape), dtype=dtype)
             layout[start:i] = source[int(row_index[start]) : int(row_index[start]) + (i - start)]
             start = i
-    with atomic_h5(path) as f:
+    with atomic_h5(path, "index") as f:
         f.create_virtual_dataset(schema.FEATURES, layout)
         _common(f, recipe, class_names, rows, skipped, attrs)
         table = f.create_group(schema.SHARDS)
@@ -192,7 +208,7 @@ def write_cache(
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
     sources = _OpenFiles()
     try:
-        with atomic_h5(path) as f:
+        with atomic_h5(path, "standalone", in_memory=False) as f:
             features = f.create_dataset(
                 schema.FEATURES,
                 shape=(len(rows), *feature_shape),

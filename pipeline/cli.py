@@ -9,7 +9,7 @@ import sys
 from features_cache.errors import CacheError
 from pipeline.errors import PipelineError
 
-COMMANDS = ("extract", "info", "train", "runs", "evaluate", "report", "audit", "predict", "export")
+COMMANDS = ("extract", "info", "train", "runs", "evaluate", "report", "audit", "predict", "export", "verify", "compact")
 
 
 def build_parser() -> argparse.ArgumentParser:

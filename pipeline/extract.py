@@ -28,10 +28,19 @@ import numpy as np
 
 from features_cache import schema
 from features_cache.errors import CacheError, no_space
+from features_cache.faults import checkpoint
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
-from features_cache.shards import Shard, file_digest, new_shard_path, open_shard, remove_temporaries, write_shard
+from features_cache.shards import (
+    Shard,
+    collect_garbage,
+    file_digest,
+    new_shard_path,
+    open_shard,
+    remove_temporaries,
+    write_shard,
+)
 from features_cache.writer import FeatureSource, Row, write_index
 from pipeline import progress
 from pipeline.backbone_specs import cpu_has_amx, weights_path
@@ -116,6 +125,10 @@ def _open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCac
     An index that cannot be read is rebuilt from the shards that verify, when there are any.
     """
     path = Path(options.cache)
+    if path.is_dir():
+        if not options.force or any(path.iterdir()):
+            raise PipelineError(f"{path}: is a folder, not a cache file; remove it (--force removes an empty one) or choose another --cache")
+        path.rmdir()
     if not path.exists() or options.force:
         return None
     try:
@@ -219,6 +232,7 @@ class _ShardWriter:
                     path = new_shard_path(self._cache_path)
                     write_shard(path, self._recipe, np.asarray(features), records, skipped)
                     self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
+                    checkpoint("shard-written")
                 except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
                     self._error = error
 
@@ -406,6 +420,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         live = {file.resolve() for file in old.shard_files} if old is not None else set()
         orphans = _orphans(cache_path, live, recipe, options.force)
         plan = _plan(dataset, old, orphans)
+        checkpoint("planned")
         if old is not None:
             _check_drop(options, dataset, old, plan)
         extract_seconds = 0.0
@@ -437,7 +452,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
             attrs = {
                 "data_root": str(dataset.root),
                 "source_kind": dataset.kind,
-                "created_at": old.attrs["created_at"] if old else _now(),
+                "created_at": old.attrs.get("created_at", _now()) if old else _now(),
                 "request": request,
                 **library_versions(),
             }
@@ -449,8 +464,9 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     finally:
         if old is not None:
             old.close()
+    checkpoint("committed")
     if written:
-        _collect_garbage(cache_path, {cache_path.parent.resolve() / name for name, *_ in table})
+        collect_garbage(cache_path, {cache_path.parent.resolve() / name for name, *_ in table})
     return _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
 
 
@@ -509,13 +525,6 @@ def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, kn
                 count = len(f[schema.FEATURES])
             table[file] = (os.path.relpath(file, folder), count, size, digest)
     return list(table.values())
-
-
-def _collect_garbage(cache_path: Path, live: set[Path]) -> None:
-    """Delete shards the committed index no longer lists (all their rows superseded or removed)."""
-    for path in schema.shards_dir(cache_path).glob("shard-*.h5"):
-        if path.resolve() not in live:
-            path.unlink(missing_ok=True)
 
 
 def run_extract(options: ExtractOptions) -> ExtractReport:
