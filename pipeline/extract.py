@@ -397,7 +397,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         options.backbone,
         weights=options.weights,
         image_size=options.image_size,
-        precision=options.precision,
+        precision=_auto_precision(options),
         storage_dtype=options.storage_dtype,
         seed=options.seed,
     )
@@ -468,6 +468,23 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     if written:
         collect_garbage(cache_path, {cache_path.parent.resolve() / name for name, *_ in table})
     return _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
+
+
+def _auto_precision(options: ExtractOptions) -> str:
+    """``auto`` on an existing cache keeps the cache's precision, so the machine never splits a cache.
+
+    Every precision runs on every machine (bfloat16 is emulated on CPUs without AMX, only
+    slower); choosing by machine would refuse a bfloat16 cache on a float32 laptop.
+    """
+    if options.precision != "auto" or options.force:
+        return options.precision
+    try:
+        with FeatureCache(options.cache) as cache:
+            precision = cache.recipe.precision
+    except CacheError:
+        return options.precision
+    print(f"--precision auto: using {precision}, the precision {options.cache} was made with", file=sys.stderr)
+    return precision
 
 
 def _check_drop(options: ExtractOptions, dataset: Dataset, old: FeatureCache, plan: _Plan) -> None:

@@ -352,3 +352,42 @@ def test_info_prints_counts_recipe_and_skipped(photos, tmp_path, weights_file, c
     out = capsys.readouterr().out
     assert "16 images, 3 classes" in out and "vgg16" in out and "토마토" in out
     assert "토마토/broken.png: not an image" in out
+
+
+def test_dropping_another_folders_rows_or_most_rows_needs_prune(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    other = make_class_folders(tmp_path / "other", {"x": 3, "y": 3})
+    with pytest.raises(PipelineError, match="was made from .* pass --prune"):
+        run_extract(options(other, cache_path, weights_file))
+    for folder in ("토마토", "호박"):
+        shutil.rmtree(photos / folder)
+    save(photo(40, 30, seed=901), photos / "호박" / "one.png")
+    with pytest.raises(PipelineError, match="11 of its 16 images are no longer in .* pass --prune"):
+        run_extract(options(photos, cache_path, weights_file))
+    assert run_extract(options(photos, cache_path, weights_file, prune=True)).removed == 11
+    with FeatureCache(cache_path) as cache:
+        assert len(cache) == 6
+
+
+def test_auto_precision_keeps_the_precision_the_cache_was_made_with(photos, tmp_path, weights_file, capsys):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file, precision="bfloat16"))
+    save(photo(40, 30, seed=902), photos / "호박" / "new.png")
+    report = run_extract(options(photos, cache_path, weights_file, precision="auto"))
+    assert report.extracted == 1 and "--precision auto: using bfloat16" in capsys.readouterr().err
+    with FeatureCache(cache_path) as cache:
+        assert cache.recipe.precision == "bfloat16"
+
+
+def test_non_finite_features_are_refused_naming_the_image(photos, tmp_path):
+    keras.utils.set_random_seed(1234)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    values = model.get_weights()
+    model.set_weights([*values[:-1], np.full_like(values[-1], np.inf)])  # the last bias: infinite features
+    weights = tmp_path / "huge.weights.h5"
+    model.save_weights(weights)
+    cache_path = tmp_path / "features.h5"
+    with pytest.raises(PipelineError, match=r"\.jpg: the backbone produced non-finite features"):
+        run_extract(options(photos, cache_path, weights))
+    assert not cache_path.exists()
