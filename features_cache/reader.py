@@ -140,12 +140,14 @@ class FeatureCache:
             block = np.empty((len(wanted), *self.feature_shape), dtype=dtype)
             shard, index = self._row_shard[sorted_rows], self._row_index[sorted_rows]
             runs = np.flatnonzero((np.diff(shard) != 0) | (np.diff(index) != 1)) + 1
+            in_order = bool((np.diff(wanted) > 0).all())
             position = 0
             for run in np.split(np.arange(len(sorted_rows)), runs):
                 if len(run) == 0:
                     continue
                 first = int(index[run[0]])
-                block[order[position : position + len(run)]] = self._read(int(shard[run[0]]), first, first + len(run))
+                where = slice(position, position + len(run)) if in_order else order[position : position + len(run)]
+                block[where] = self._read(int(shard[run[0]]), first, first + len(run))
                 position += len(run)
             yield block
 
