@@ -1,8 +1,9 @@
-"""The HDF5 layout shared by the writer and the reader: one place owns every name.
+"""The HDF5 layout shared by the writers and the reader: one place owns every name.
 
-A cache file holds one row per image in these datasets (all of length N):
+A cache is an index file plus a folder of shards beside it (``shards_dir``). The index
+holds one row per image in these datasets (all of length N):
 
-- ``features``       (N, h, w, c) float16 or float32, the backbone's output
+- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards
 - ``labels``         (N,) int32, index into ``class_names``
 - ``class_names``    (C,) UTF-8 strings, sorted
 - ``paths``          (N,) UTF-8 paths relative to the data root, sorted
@@ -10,11 +11,16 @@ A cache file holds one row per image in these datasets (all of length N):
 - ``content_hash``   (N,) BLAKE2b-128 hex digest of the file's bytes
 - ``file_size``      (N,) int64 bytes, and ``file_mtime_ns`` (N,) int64: the stat
                      fingerprint that lets a re-run skip hashing unchanged files
+- ``row_shard``, ``row_index`` (N,): the shard and row each row's features are in
 
-and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
+a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_size``,
+``digest``) and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
 ``file_mtime_ns`` for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
-library versions and bookkeeping such as ``complete``.
+library versions and bookkeeping such as ``complete``. A shard holds ``features``
+(fletcher32-checked chunks), the per-row fingerprints, its ``skipped`` group and the
+recipe. Version 1, one standalone file with the features inside, is still read, and is
+what ``compact --to`` writes.
 """
 
 from __future__ import annotations
