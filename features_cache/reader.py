@@ -65,6 +65,12 @@ class FeatureCache:
             self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
             self._row_shard = self._file[schema.ROW_SHARD][()]
             self._row_index = self._file[schema.ROW_INDEX][()]
+            expected = schema.rows_digest(
+                self.paths, [r.content_hash for r in self.records()], self.labels, list(self.splits), self.class_names,
+                self._row_shard, self._row_index, [str(n) for n in table[schema.SHARD_FILES].asstr()[()]],
+            )
+            if str(attrs.get("rows_digest", "")) != expected:
+                raise ValueError("rows digest")
             if len(self._row_shard) != len(self.paths) or len(self._row_index) != len(self.paths):
                 raise ValueError("row table length")
             for shard, size in zip(self.shard_files, self.shard_sizes):

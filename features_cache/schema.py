@@ -30,6 +30,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA_VERSION = 2
 STANDALONE_VERSION = 1  # one file holding the features themselves
 READABLE_VERSIONS = (1, 2)
@@ -103,6 +105,23 @@ def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
     for dim in feature_shape:
         per_image *= dim
     return max(1, CHUNK_TARGET_BYTES // per_image)
+
+
+def rows_digest(
+    paths: list[str], content_hashes: list[str], labels: np.ndarray, splits: list[str],
+    class_names: list[str], row_shard: np.ndarray, row_index: np.ndarray, shard_files: list[str],
+) -> str:
+    """BLAKE2b-128 over everything that says which features belong to which image.
+
+    Stored in the index and checked on every open, so a damaged index is refused
+    instead of pairing an image with another image's features or label.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for strings in (paths, content_hashes, splits, class_names, shard_files):
+        digest.update("\x00".join(strings).encode() + b"\x01")
+    for numbers in (labels, row_shard, row_index):
+        digest.update(np.ascontiguousarray(numbers, dtype=np.int64).tobytes() + b"\x01")
+    return digest.hexdigest()
 
 
 def shards_dir(cache_path: str | Path) -> Path:

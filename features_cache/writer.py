@@ -185,6 +185,11 @@ def write_index(
         write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
         f.create_dataset(schema.ROW_SHARD, data=row_shard)
         f.create_dataset(schema.ROW_INDEX, data=row_index)
+        f.attrs["rows_digest"] = schema.rows_digest(
+            [r.record.path for r in rows], [r.record.content_hash for r in rows],
+            np.array([r.label for r in rows]), [r.split for r in rows], list(class_names),
+            row_shard, row_index, [s[0] for s in shards],
+        )
         f.attrs["schema_version"] = schema.SCHEMA_VERSION
         f.attrs["complete"] = np.int8(1)
 

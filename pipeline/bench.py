@@ -516,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stages, facts = measure(settings)
+    from pipeline import cache_bench
+
+    facts["cache"] = cache_bench.measure(out / "cache", cache_bench.DEFAULT_ROWS)
+    print(json.dumps({"cache": facts["cache"]}, indent=2))
     facts.update(device=device(), total_seconds=time.perf_counter() - started)
     results = report(stages, settings, facts)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

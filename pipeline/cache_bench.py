@@ -27,6 +27,7 @@ from features_cache.writer import FeatureSource, Row, write_cache, write_index
 
 SHAPE = (4, 4, 512)
 BATCH = 32
+DEFAULT_ROWS = 20_000
 RECIPE = schema.Recipe(
     backbone="vgg16", weights="synthetic", weights_sha256="0" * 64, image_size=224, preprocessing="caffe",
     resize="stretch", interpolation="bilinear", background="rgb(255,255,255)", precision="float32",
@@ -129,7 +130,7 @@ def measure(folder: Path, n: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.cache_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20_000, help="rows (default 20,000)")
+    parser.add_argument("--n", type=int, default=DEFAULT_ROWS, help="rows (default 20,000)")
     parser.add_argument("--out", default="bench-out/cache", help="scratch folder (deleted first)")
     args = parser.parse_args(argv)
     print(json.dumps(measure(Path(args.out), args.n), indent=2))

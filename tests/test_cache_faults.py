@@ -133,8 +133,12 @@ def damage(path: Path, how: str) -> None:
         path.write_text("this is not HDF5\n")
     else:
         raw = bytearray(path.read_bytes())
-        where = 200 if how == "flip-metadata" else _feature_offset(path)
-        raw[where] ^= 0xFF
+        where = {
+            "flip-metadata": lambda: 200,
+            "flip-row-data": lambda: raw.find(b"img_004.jpg") + 4,  # another image's name, same length
+            "flip-data": lambda: _feature_offset(path),
+        }[how]()
+        raw[where] ^= 0x01
         path.write_bytes(bytes(raw))
 
 
@@ -143,7 +147,7 @@ def _feature_offset(path: Path) -> int:
         return int(f[schema.FEATURES].id.get_chunk_info(0).byte_offset) + 17
 
 
-HOW = ["delete", "directory", "truncate", "zero", "text", "flip-metadata"]
+HOW = ["delete", "directory", "truncate", "zero", "text", "flip-metadata", "flip-row-data"]
 
 
 @pytest.mark.parametrize("how", HOW)
