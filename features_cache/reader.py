@@ -122,6 +122,11 @@ class FeatureCache:
     def features_nbytes(self) -> int:
         return int(self._features.size * self._features.dtype.itemsize)
 
+    @property
+    def disk_bytes(self) -> int:
+        """The index and every shard it lists: what the cache takes on disk."""
+        return sum(file.stat().st_size for file in {self.path, *self.shard_files})
+
     def records(self) -> list[FileRecord]:
         return read_records(self._file)
 
