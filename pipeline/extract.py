@@ -221,6 +221,7 @@ class _ShardWriter:
         self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._needed = 0
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
@@ -229,6 +230,7 @@ class _ShardWriter:
             if self._error is None:
                 try:
                     features, records, skipped = item
+                    self._needed = 2 * np.asarray(features).nbytes + (1 << 20)  # the shard, and the index after it
                     path = new_shard_path(self._cache_path)
                     write_shard(path, self._recipe, np.asarray(features), records, skipped)
                     self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
@@ -248,7 +250,7 @@ class _ShardWriter:
     def _raise_if_failed(self) -> None:
         folder = schema.shards_dir(self._cache_path)
         if isinstance(self._error, OSError):
-            raise PipelineError(str(no_space(folder, 64 << 20, self._error))) from None
+            raise PipelineError(str(no_space(folder, self._needed, self._error))) from None
         if self._error is not None:
             raise self._error
 

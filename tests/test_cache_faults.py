@@ -185,23 +185,30 @@ def test_flipped_feature_bits_are_caught_on_read_and_by_verify(data, reference, 
 def small_disk(tmp_path) -> Path:
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=64", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.mark.parametrize("free_kb", [0, 40, 150, 260])
+@pytest.mark.parametrize("free_kb", [None, 0, 40, 120, 260])  # no inodes (lock), shards, index, none short
 def test_disk_full_is_one_line_and_the_same_command_finishes(free_kb, small_disk, data, reference, weights_file, capsys):
     cache = small_disk / "features.h5"
     filler = small_disk / "filler"
     with open(filler, "wb") as handle, contextlib.suppress(OSError):
-        handle.write(b"\0" * (2048 - free_kb) * 1024)
+        handle.write(b"\0" * (2048 - (free_kb or 0)) * 1024)
+    inodes = small_disk / "inodes"
+    if free_kb is None:
+        inodes.mkdir()
+        with contextlib.suppress(OSError):
+            for i in range(64):
+                (inodes / str(i)).touch()
     code, err = extract(data, cache, weights_file, capsys)
     if code != 0:
         assert_one_line_refusal(code, err)
         assert "run the same command again" in err and str(small_disk) in err
     filler.unlink()
+    shutil.rmtree(inodes, ignore_errors=True)
     assert extract(data, cache, weights_file, capsys)[0] == 0
     assert_same_cache(snapshot(cache), reference)
 
