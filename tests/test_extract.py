@@ -208,15 +208,15 @@ def run_cli(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_for_segments(process: subprocess.Popen, cache_path: Path, count: int) -> Path:
+def wait_for_shards(process: subprocess.Popen, cache_path: Path, count: int) -> Path:
     """Wait until a running extraction has committed ``count`` batches as shards."""
-    journal = schema.shards_dir(cache_path)
+    shards = schema.shards_dir(cache_path)
     deadline = time.monotonic() + 120
-    while len(list(journal.glob("shard-*.h5"))) < count:
+    while len(list(shards.glob("shard-*.h5"))) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    return journal
+    return shards
 
 
 def cli_args(data: Path, cache_path: Path, weights_file: Path) -> list[str]:
@@ -238,16 +238,16 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     data = make_class_folders(tmp_path / "many", {"a": 90, "b": 90}, size=(80, 60))
     cache_path = tmp_path / "killed.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
-    journal = wait_for_segments(process, cache_path, 5)
+    shards = wait_for_shards(process, cache_path, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    committed = len(list(journal.glob("shard-*.h5")))
+    committed = len(list(shards.glob("shard-*.h5")))
     assert committed < 45, "the run finished before it could be killed"
     with pytest.raises(CacheError, match="no such cache"):
         FeatureCache(cache_path)
 
     assert resume(data, cache_path, weights_file) <= 180 - 4 * committed
-    assert len(list(journal.glob("*"))) == 45
+    assert len(list(shards.glob("*"))) == 45
 
     uninterrupted = tmp_path / "straight.h5"
     run_extract(options(data, uninterrupted, weights_file, storage_dtype="float16"))
@@ -258,11 +258,11 @@ def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_
     data = make_class_folders(tmp_path / "many", {"a": 60, "b": 60}, size=(80, 60))
     cache_path = tmp_path / "interrupted.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
-    journal = wait_for_segments(process, cache_path, 3)
+    shards = wait_for_shards(process, cache_path, 3)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted: finished batches are kept" in err, err
-    kept = len(list(journal.glob("shard-*.h5")))
+    kept = len(list(shards.glob("shard-*.h5")))
     assert 3 <= kept < 30
     assert resume(data, cache_path, weights_file) <= 120 - 4 * kept
     with FeatureCache(cache_path) as cache:
