@@ -32,19 +32,20 @@ TORCH_SPEC ?= torch==2.13.0
 setup-backends: setup
 	$(PY) -m pip install --quiet "jax>=0.4.30" "$(TORCH_SPEC)"
 
-# The tests render report pages in headless Chromium: installed with the system's package manager
-# where this user may (root, or sudo without a password); otherwise one line says what to run.
-SYSTEM_PACKAGES ?= chromium
+# The tests render report pages in headless Chromium and read the cache with HDF5's own h5dump and
+# h5ls: installed with the system's package manager where this user may (root, or sudo without a
+# password); otherwise one line says what to run. Each entry is command:package.
+SYSTEM_PACKAGES ?= chromium:chromium h5dump:hdf5-tools
 system-packages:
-	@missing=""; for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do command -v $${entry%%:*} >/dev/null 2>&1 || missing="$$missing $${entry#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != none ]; then \
-			echo "installing$$missing (apt-get; the tests render report pages in headless Chromium)"; \
+			echo "installing$$missing (apt-get; the tests use them)"; \
 			$$sudo apt-get update -qq >/dev/null 2>&1 && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 \
 				|| echo "note: could not install$$missing; run \`sudo apt-get install$$missing\` before make test"; \
 		else \
-			echo "note: the report tests need$$missing; install it (e.g. \`sudo apt-get install$$missing\`) before make test"; \
+			echo "note: the tests need$$missing; install them (e.g. \`sudo apt-get install$$missing\`) before make test"; \
 		fi; \
 	fi
 

@@ -14,10 +14,6 @@ from features_cache.errors import CacheError
 from features_cache.records import FileRecord, FileStamp, SkippedFile
 
 
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200] or type(error).__name__
-
-
 class FeatureCache:
     """A finished feature cache, opened read-only.
 
@@ -26,36 +22,29 @@ class FeatureCache:
     """
 
     def __init__(self, path: str | os.PathLike, *, resuming: bool = False) -> None:
-        """``resuming=True`` is for ``extract`` itself, which opens the previous cache beside its own journal."""
+        """``resuming`` is accepted for old callers: shards not yet indexed never affect a reader."""
         self.path = Path(path)
-        if not resuming and schema.journal_dir(self.path).is_dir():
-            raise CacheError(
-                f"{self.path}: an extraction into this cache was interrupted and is incomplete; "
-                "run the same `python -m pipeline extract` command again to finish it"
-            )
+        self._open_shards: dict[int, h5py.File] = {}
         if not self.path.exists():
             raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise CacheError(f"{self.path}: not a readable HDF5 feature cache ({error}); rebuild it with `pipeline extract --force`") from None
+        except OSError:
+            raise CacheError(f"{self.path}: not a readable HDF5 feature cache; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         try:
-            self._read_layout()
+            self._open()
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError):
+            self._file.close()
+            raise CacheError(f"{self.path}: damaged feature cache index; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         except CacheError:
             self._file.close()
             raise
-        except (KeyError, ValueError, TypeError, OSError) as error:
-            self._file.close()
-            raise CacheError(
-                f"{self.path}: claims to be a feature cache but its layout is damaged or foreign ({one_line(error)}); "
-                "rebuild it with `pipeline extract --force`"
-            ) from None
 
-    def _read_layout(self) -> None:
-        """Everything but the features themselves, checked for the shapes the schema promises."""
+    def _open(self) -> None:
         attrs = self._file.attrs
-        if attrs.get("schema_version") != schema.SCHEMA_VERSION or not attrs.get("complete", False):
+        if int(attrs.get("schema_version", 0)) not in schema.READABLE_VERSIONS or not attrs.get("complete", False):
             raise CacheError(f"{self.path}: not a complete feature cache of schema version {schema.SCHEMA_VERSION}; rebuild it with `pipeline extract --force`")
+        self.version = int(attrs["schema_version"])
         self.recipe = schema.Recipe.from_attrs(attrs)
         self.identity = str(attrs["identity"])
         self.attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in attrs.items()}
@@ -64,11 +53,33 @@ class FeatureCache:
         self.paths = [str(p) for p in self._file[schema.PATHS].asstr()[()]]
         self.splits = np.array([str(s) for s in self._file[schema.SPLIT].asstr()[()]], dtype=object)
         self._features = self._file[schema.FEATURES]
-        n = len(self.paths)
-        if not (len(self.labels) == len(self.splits) == self._features.shape[0] == n) or self._features.ndim != 4:
-            raise CacheError(f"{self.path}: its datasets disagree on the number of images; rebuild it with `pipeline extract --force`")
-        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise CacheError(f"{self.path}: labels point outside its class names; rebuild it with `pipeline extract --force`")
+        if self.version == schema.STANDALONE_VERSION:
+            self.shard_files = [self.path]
+            self._row_shard = np.zeros(len(self.paths), dtype=np.int32)
+            self._row_index = np.arange(len(self.paths), dtype=np.int64)
+        else:
+            table = self._file[schema.SHARDS]
+            folder = self.path.resolve().parent
+            self.shard_files = [folder / str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
+            self.shard_sizes = [int(n) for n in table[schema.SHARD_SIZES][()]]
+            self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
+            self._row_shard = self._file[schema.ROW_SHARD][()]
+            self._row_index = self._file[schema.ROW_INDEX][()]
+            expected = schema.rows_digest(
+                self.paths, [r.content_hash for r in self.records()], self.labels, list(self.splits), self.class_names,
+                self._row_shard, self._row_index, [str(n) for n in table[schema.SHARD_FILES].asstr()[()]],
+            )
+            if str(attrs.get("rows_digest", "")) != expected:
+                raise ValueError("rows digest")
+            if len(self._row_shard) != len(self.paths) or len(self._row_index) != len(self.paths):
+                raise ValueError("row table length")
+            for shard, size in zip(self.shard_files, self.shard_sizes):
+                if not shard.is_file() or shard.stat().st_size != size:
+                    raise CacheError(f"{shard}: shard of {self.path} is missing or damaged; run `pipeline extract` again to extract its images again")
+
+    def sources(self) -> list[tuple[Path, int]]:
+        """Per row, the file and row its features are stored at."""
+        return [(self.shard_files[s], int(i)) for s, i in zip(self._row_shard, self._row_index)]
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -77,7 +88,20 @@ class FeatureCache:
         self.close()
 
     def close(self) -> None:
+        for handle in self._open_shards.values():
+            handle.close()
+        self._open_shards.clear()
         self._file.close()
+
+    def _read(self, shard: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of one shard; HDF5 checks each chunk's fletcher32 checksum."""
+        file = self.shard_files[shard]
+        try:
+            if shard not in self._open_shards:
+                self._open_shards[shard] = self._file if file == self.path else h5py.File(file, "r")
+            return self._open_shards[shard][schema.FEATURES][start:stop]
+        except (OSError, KeyError, RuntimeError):
+            raise CacheError(f"{file}: damaged shard of {self.path} (checksum or read error); run `pipeline verify {self.path}` to list damage, then `pipeline extract` again") from None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,6 +121,11 @@ class FeatureCache:
     @property
     def features_nbytes(self) -> int:
         return int(self._features.size * self._features.dtype.itemsize)
+
+    @property
+    def disk_bytes(self) -> int:
+        """The index and every shard it lists: what the cache takes on disk."""
+        return sum(file.stat().st_size for file in {self.path, *self.shard_files})
 
     def records(self) -> list[FileRecord]:
         return read_records(self._file)
@@ -120,12 +149,16 @@ class FeatureCache:
             order = np.argsort(wanted, kind="stable")
             sorted_rows = wanted[order]
             block = np.empty((len(wanted), *self.feature_shape), dtype=dtype)
-            runs = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+            shard, index = self._row_shard[sorted_rows], self._row_index[sorted_rows]
+            runs = np.flatnonzero((np.diff(shard) != 0) | (np.diff(index) != 1)) + 1
+            in_order = bool((np.diff(wanted) > 0).all())
             position = 0
-            for run in np.split(sorted_rows, runs):
+            for run in np.split(np.arange(len(sorted_rows)), runs):
                 if len(run) == 0:
                     continue
-                block[order[position : position + len(run)]] = self._features[run[0] : run[-1] + 1]
+                first = int(index[run[0]])
+                where = slice(position, position + len(run)) if in_order else order[position : position + len(run)]
+                block[where] = self._read(int(shard[run[0]]), first, first + len(run))
                 position += len(run)
             yield block
 

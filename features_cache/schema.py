@@ -1,8 +1,9 @@
-"""The HDF5 layout shared by the writer and the reader: one place owns every name.
+"""The HDF5 layout shared by the writers and the reader: one place owns every name.
 
-A cache file holds one row per image in these datasets (all of length N):
+A cache is an index file plus a folder of shards beside it (``shards_dir``). The index
+holds one row per image in these datasets (all of length N):
 
-- ``features``       (N, h, w, c) float16 or float32, the backbone's output
+- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards
 - ``labels``         (N,) int32, index into ``class_names``
 - ``class_names``    (C,) UTF-8 strings, sorted
 - ``paths``          (N,) UTF-8 paths relative to the data root, sorted
@@ -10,11 +11,16 @@ A cache file holds one row per image in these datasets (all of length N):
 - ``content_hash``   (N,) BLAKE2b-128 hex digest of the file's bytes
 - ``file_size``      (N,) int64 bytes, and ``file_mtime_ns`` (N,) int64: the stat
                      fingerprint that lets a re-run skip hashing unchanged files
+- ``row_shard``, ``row_index`` (N,): the shard and row each row's features are in
 
-and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
+a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_size``,
+``digest``) and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
 ``file_mtime_ns`` for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
-library versions and bookkeeping such as ``complete``.
+library versions and bookkeeping such as ``complete``. A shard holds ``features``
+(fletcher32-checked chunks), the per-row fingerprints, its ``skipped`` group and the
+recipe. Version 1, one standalone file with the features inside, is still read, and is
+what ``compact --to`` writes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import hashlib
 import json
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+import numpy as np
+
+SCHEMA_VERSION = 2
+STANDALONE_VERSION = 1  # one file holding the features themselves
+READABLE_VERSIONS = (1, 2)
 
 FEATURES = "features"
 LABELS = "labels"
@@ -37,6 +47,13 @@ FILE_MTIME = "file_mtime_ns"
 SKIPPED = "skipped"
 REASONS = "reasons"
 DEPENDS_ON = "depends_on"
+SHARDS = "shards"
+SHARD_FILES = "files"
+SHARD_ROWS = "rows"
+SHARD_SIZES = "file_size"
+SHARD_DIGESTS = "digest"
+ROW_SHARD = "row_shard"
+ROW_INDEX = "row_index"
 
 ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 
@@ -91,7 +108,24 @@ def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
     return max(1, CHUNK_TARGET_BYTES // per_image)
 
 
-def journal_dir(cache_path: str | Path) -> Path:
-    """The folder where an unfinished run keeps its finished batches."""
+def rows_digest(
+    paths: list[str], content_hashes: list[str], labels: np.ndarray, splits: list[str],
+    class_names: list[str], row_shard: np.ndarray, row_index: np.ndarray, shard_files: list[str],
+) -> str:
+    """BLAKE2b-128 over everything that says which features belong to which image.
+
+    Stored in the index and checked on every open, so a damaged index is refused
+    instead of pairing an image with another image's features or label.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for strings in (paths, content_hashes, splits, class_names, shard_files):
+        digest.update("\x00".join(strings).encode() + b"\x01")
+    for numbers in (labels, row_shard, row_index):
+        digest.update(np.ascontiguousarray(numbers, dtype=np.int64).tobytes() + b"\x01")
+    return digest.hexdigest()
+
+
+def shards_dir(cache_path: str | Path) -> Path:
+    """The folder of a cache's shards, named after the index so caches can share a folder."""
     cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".journal")
+    return cache_path.with_name(cache_path.name + ".shards")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import io
 import os
-import shutil
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,13 +19,8 @@ import h5py
 import numpy as np
 
 from features_cache import schema
-from features_cache.errors import CacheError
+from features_cache.faults import checkpoint
 from features_cache.records import FileRecord, SkippedFile
-
-# Per-row bytes beside the features (path, hash, label, split, stamps; generous) and a fixed
-# headroom for HDF5's own structures: what the free-space check asks for on top of the features.
-METADATA_BYTES_PER_ROW = 256
-HEADROOM = 256 << 10
 
 STRING = h5py.string_dtype("utf-8")
 
@@ -49,15 +44,29 @@ class Row:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
-    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced."""
+def atomic_h5(path: str | os.PathLike, kind: str = "shard", in_memory: bool = True) -> Iterator[h5py.File]:
+    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced.
+
+    Small files (shards, the index) are built in memory and written with one plain
+    ``write``: a full disk is then one clean ``OSError``, never HDF5 failing mid-flush.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:  # the default, oldest file format: HDF5 1.8+ tools read it
-            yield f
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if in_memory:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                yield f
+            with open(tmp, "wb") as handle:
+                handle.write(image.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            with h5py.File(tmp, "w") as f:
+                yield f
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        checkpoint(f"{kind}-before-rename")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -66,29 +75,6 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` only once fully written and synced; a full disk is an ``OSError``, nothing left behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Refuse before writing, not halfway: HDF5 that runs out of space mid-write can crash the process."""
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise CacheError(
-            f"{folder}: {needed / 1e6:.1f} MB needed to write the cache but {free / 1e6:.1f} MB free; free space in "
-            f"{folder} and run the same command again (finished batches are kept)"
-        )
 
 
 def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
@@ -146,6 +132,69 @@ def _contiguous_runs(rows: Sequence[Row]) -> Iterator[tuple[int, int, str, int]]
             start = i
 
 
+def _common(f: h5py.File, recipe: schema.Recipe, class_names: Sequence[str], rows: Sequence[Row], skipped: Sequence[SkippedFile], attrs: dict[str, object]) -> None:
+    """Everything but the features, shared by the index and a standalone file."""
+    f.create_dataset(schema.LABELS, data=np.array([r.label for r in rows], dtype=np.int32))
+    write_strings(f, schema.CLASS_NAMES, class_names)
+    write_strings(f, schema.SPLIT, [r.split for r in rows])
+    write_records(f, [r.record for r in rows])
+    write_skipped(f, skipped)
+    f.attrs.update(recipe.to_attrs())
+    f.attrs["identity"] = recipe.fingerprint()
+    f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    f.attrs.update(attrs)
+
+
+def write_index(
+    path: str | os.PathLike,
+    *,
+    recipe: schema.Recipe,
+    feature_shape: tuple[int, ...],
+    class_names: Sequence[str],
+    rows: Sequence[Row],
+    skipped: Sequence[SkippedFile],
+    attrs: dict[str, object],
+    shards: Sequence[tuple[str, int, int, str]],
+) -> None:
+    """Write the index: row metadata, the shard table and ``features`` as a virtual dataset.
+
+    ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest)``; every
+    row's source file must be one of them. Only this small file is rewritten per commit.
+    """
+    path = Path(path)
+    dtype = np.dtype(recipe.storage_dtype)
+    number = {name: i for i, (name, *_rest) in enumerate(shards)}
+    folder = path.parent.resolve()
+    relative = [os.path.relpath(Path(r.source.file).resolve(), folder) for r in rows]
+    row_shard = np.array([number[name] for name in relative], dtype=np.int32)
+    row_index = np.array([r.source.index for r in rows], dtype=np.int64)
+    layout = h5py.VirtualLayout(shape=(len(rows), *feature_shape), dtype=dtype)
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or row_shard[i] != row_shard[start] or row_index[i] != row_index[start] + (i - start):
+            name, count = shards[row_shard[start]][0], shards[row_shard[start]][1]
+            source = h5py.VirtualSource(name, schema.FEATURES, shape=(count, *feature_shape), dtype=dtype)
+            layout[start:i] = source[int(row_index[start]) : int(row_index[start]) + (i - start)]
+            start = i
+    with atomic_h5(path, "index") as f:
+        f.create_virtual_dataset(schema.FEATURES, layout)
+        _common(f, recipe, class_names, rows, skipped, attrs)
+        table = f.create_group(schema.SHARDS)
+        write_strings(table, schema.SHARD_FILES, [s[0] for s in shards])
+        table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in shards], dtype=np.int64))
+        table.create_dataset(schema.SHARD_SIZES, data=np.array([s[2] for s in shards], dtype=np.int64))
+        write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
+        f.create_dataset(schema.ROW_SHARD, data=row_shard)
+        f.create_dataset(schema.ROW_INDEX, data=row_index)
+        f.attrs["rows_digest"] = schema.rows_digest(
+            [r.record.path for r in rows], [r.record.content_hash for r in rows],
+            np.array([r.label for r in rows]), [r.split for r in rows], list(class_names),
+            row_shard, row_index, [s[0] for s in shards],
+        )
+        f.attrs["schema_version"] = schema.SCHEMA_VERSION
+        f.attrs["complete"] = np.int8(1)
+
+
 def write_cache(
     path: str | os.PathLike,
     *,
@@ -156,18 +205,16 @@ def write_cache(
     skipped: Sequence[SkippedFile],
     attrs: dict[str, object],
 ) -> None:
-    """Write a complete cache from rows whose features live in other HDF5 files.
+    """Write a standalone single-file cache (for sharing) from rows in other HDF5 files.
 
     Rows are copied in slices of contiguous source rows, so memory stays at about one
     chunk whatever the number of images.
     """
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
-    row_bytes = int(np.prod(feature_shape)) * dtype.itemsize + METADATA_BYTES_PER_ROW
-    check_free_space(Path(path).resolve().parent, len(rows) * row_bytes + len(skipped) * METADATA_BYTES_PER_ROW + HEADROOM)
     sources = _OpenFiles()
     try:
-        with atomic_h5(path) as f:
+        with atomic_h5(path, "standalone", in_memory=False) as f:
             features = f.create_dataset(
                 schema.FEATURES,
                 shape=(len(rows), *feature_shape),
@@ -179,16 +226,8 @@ def write_cache(
                     n = min(per_chunk, count - offset)
                     block = sources.features(file)[index + offset : index + offset + n]
                     features[first + offset : first + offset + n] = block.astype(dtype, copy=False)
-            f.create_dataset(schema.LABELS, data=np.array([r.label for r in rows], dtype=np.int32))
-            write_strings(f, schema.CLASS_NAMES, class_names)
-            write_strings(f, schema.SPLIT, [r.split for r in rows])
-            write_records(f, [r.record for r in rows])
-            write_skipped(f, skipped)
-            f.attrs.update(recipe.to_attrs())
-            f.attrs["identity"] = recipe.fingerprint()
-            f.attrs["schema_version"] = schema.SCHEMA_VERSION
-            f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            f.attrs.update(attrs)
-            f.attrs["complete"] = np.int8(1)  # not a numpy bool: HDF5 1.10 tools cannot read those
+            _common(f, recipe, class_names, rows, skipped, attrs)
+            f.attrs["schema_version"] = schema.STANDALONE_VERSION
+            f.attrs["complete"] = np.int8(1)
     finally:
         sources.close()

@@ -93,7 +93,7 @@ class Backbone:
         """Features of one fixed-shape uint8 batch, through a compiled forward step.
 
         On JAX the result is a device array still being computed: ``np.asarray`` on it
-        (done by the journal writer, off the critical path) waits for it, so the next
+        (done by the shard writer, off the critical path) waits for it, so the next
         batch is dispatched while this one runs.
         """
         return self._step(images)

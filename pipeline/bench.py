@@ -284,7 +284,7 @@ def fresh(cache: Path) -> None:
     """Remove a cache and everything an earlier run left beside it, so extraction starts from nothing."""
     cache.unlink(missing_ok=True)
     cache.with_name(cache.name + ".lock").unlink(missing_ok=True)
-    shutil.rmtree(cache.with_name(cache.name + ".journal"), ignore_errors=True)
+    shutil.rmtree(cache.with_name(cache.name + ".shards"), ignore_errors=True)
 
 
 def extract(settings: Settings, data: Path, cache: Path, size: int, log_name: str) -> tuple[Process, float, float | None]:
@@ -402,7 +402,7 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
                         note="build + plan + extract + write"))
     if loop_rate:
         stages.append(Stage("3a   its extraction loop", settings.n, settings.n / loop_rate, process.wall,
-                            process.peak_rss_mib, note="decode + model + journal only"))
+                            process.peak_rss_mib, note="decode + model + shard writes only"))
 
     written, process = child_stage("handwritten", settings, data)
     stages.append(Stage(f"4 hand-written ({written['route']})", written["images"], written["seconds"], process.wall,
@@ -538,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stages, facts = measure(settings)
+    from pipeline import cache_bench
+
+    facts["cache"] = cache_bench.measure(out / "cache", cache_bench.DEFAULT_ROWS)
+    print(json.dumps({"cache": facts["cache"]}, indent=2))
     facts.update(device=device(), total_seconds=time.perf_counter() - started)
     results = report(stages, settings, facts)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -18,7 +18,7 @@ from features_cache.errors import CacheError
 from pipeline import quiet
 from pipeline.errors import PipelineError
 
-COMMANDS = ("extract", "info", "train", "runs", "evaluate", "report", "audit", "predict", "export")
+COMMANDS = ("extract", "info", "train", "runs", "evaluate", "report", "audit", "predict", "export", "verify", "compact")
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130

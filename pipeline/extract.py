@@ -1,21 +1,22 @@
 """Stage one: images to a feature cache, incrementally, resumably, and never silently wrong.
 
-A run (1) finds the images, (2) decides per image whether the cache or an interrupted
-run's journal already holds its features (stat first, content hash only where size or
-mtime changed), (3) extracts the rest batch by batch into the journal, and (4) writes the
-new cache atomically and drops the journal.
+A run (1) finds the images, (2) decides per image whether a live shard of the cache or
+a shard an interrupted run left behind already holds its features (stat first, content
+hash only where size or mtime changed), (3) extracts the rest batch by batch into new
+immutable shards, (4) replaces the small index atomically, and (5) deletes shards that
+no live row refers to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import errno
 import hashlib
 import json
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from importlib import metadata
@@ -26,12 +27,21 @@ import h5py
 import numpy as np
 
 from features_cache import schema
-from features_cache.errors import CacheError
-from features_cache.journal import Journal
+from features_cache.errors import CacheError, no_space
+from features_cache.faults import checkpoint
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
-from features_cache.writer import FeatureSource, Row, write_cache
+from features_cache.shards import (
+    Shard,
+    collect_garbage,
+    file_digest,
+    new_shard_path,
+    open_shard,
+    remove_temporaries,
+    write_shard,
+)
+from features_cache.writer import FeatureSource, Row, write_index
 from pipeline import progress
 from pipeline.backbone_specs import check_backbone, cpu_flags, weights_path
 from pipeline.errors import PipelineError
@@ -109,9 +119,10 @@ def _check_options(options: ExtractOptions) -> None:
     if options.image_size < 1:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
-    if Path(options.cache).is_dir():
-        raise PipelineError(f"--cache {options.cache}: is a folder; pass a file path, e.g. {Path(options.cache) / 'features.h5'}")
-    parent = Path(options.cache).resolve().parent
+    cache = Path(options.cache)
+    if cache.is_dir() and (not options.force or any(cache.iterdir())):
+        raise PipelineError(f"--cache {cache}: is a folder, not a cache file; pass a file path, e.g. {cache / 'features.h5'}")
+    parent = cache.resolve().parent
     if not parent.is_dir():
         raise PipelineError(f"{options.cache}: folder {parent} does not exist; create it or choose another --cache path")
     if not os.access(parent, os.W_OK):
@@ -119,53 +130,69 @@ def _check_options(options: ExtractOptions) -> None:
 
 
 def _open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCache | None:
-    """The cache to build on, or None; refuse one made differently unless ``force``."""
+    """The cache to build on, or None; refuse one made differently unless ``force``.
+
+    An index that cannot be read is rebuilt from the shards that verify, when there are any.
+    """
     path = Path(options.cache)
+    if path.is_dir():
+        if not options.force or any(path.iterdir()):
+            raise PipelineError(f"{path}: is a folder, not a cache file; remove it (--force removes an empty one) or choose another --cache")
+        path.rmdir()
     if not path.exists() or options.force:
         return None
     try:
-        with h5py.File(path, "r") as f:
-            complete = bool(f.attrs.get("complete", False))
-            theirs = schema.Recipe.from_attrs(f.attrs) if complete else None
-    except (OSError, KeyError):
-        raise PipelineError(f"{path}: exists but is not a feature cache; remove it or pass --force to overwrite it") from None
-    if theirs is None:
-        raise PipelineError(f"{path}: exists but is not a complete feature cache; pass --force to rebuild it")
-    if theirs != recipe:
+        old = FeatureCache(path)
+    except CacheError as error:
+        if any(schema.shards_dir(path).glob("shard-*.h5")):
+            print(f"{error}; rebuilding the index from the shards that verify", file=sys.stderr)
+            return None
+        raise PipelineError(f"{path}: exists but is not a readable feature cache; remove it or pass --force to overwrite it") from None
+    if old.recipe != recipe:
+        old.close()
         raise PipelineError(
-            f"{path} was made with other settings ({'; '.join(recipe.differences(theirs))}); "
+            f"{path} was made with other settings ({'; '.join(recipe.differences(old.recipe))}); "
             "use the same settings, another --cache, or --force to rebuild it"
         )
-    return FeatureCache(path, resuming=True)
+    return old
 
 
-def _check_journal(journal: Journal, recipe: schema.Recipe, force: bool) -> None:
-    if not journal.exists():
-        return
-    theirs = journal.recipe()
-    if force or theirs is None:  # --force rebuilds from scratch, an unreadable journal is worth nothing
-        journal.remove()
-        return
-    if theirs == recipe:
-        return
-    raise PipelineError(
-        f"{journal.dir}: an interrupted run with other settings ({'; '.join(recipe.differences(theirs))}) "
-        "is pending; re-run with its settings to finish it, or pass --force to discard it"
-    )
+def _orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool) -> list[Shard]:
+    """Shards no index lists (left by an interrupted run): verified and adopted, or deleted."""
+    adopted = []
+    for path in sorted(schema.shards_dir(cache_path).glob("shard-*.h5"), key=lambda p: p.stat().st_mtime_ns):
+        if path.resolve() in live:
+            continue
+        if force:
+            continue
+        try:
+            adopted.append(open_shard(path, recipe, read_features=True))
+        except ValueError as error:
+            print(f"{path}: {error}; its images will be extracted again", file=sys.stderr)
+    return adopted
 
 
-def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal, conditions: str) -> _Plan:
+def _plan(dataset: Dataset, old: FeatureCache | None, orphans: list[Shard], conditions: str) -> _Plan:
     """Decide per image, reading file contents only where the stat fingerprint changed.
 
     A file skipped before is tried again when the skip may not hold under ``conditions``
     (another ``--max-pixels`` or Pillow version) or was a transient failure.
     """
-    journal_ready, journal_skipped = journal.contents() if journal.exists() else ({}, {})
+    pending_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
+    pending_skipped: dict[str, SkippedFile] = {}
+    for shard in orphans:
+        for index, record in enumerate(shard.records):
+            pending_ready[record.path] = (record, FeatureSource(str(shard.path), index))
+            pending_skipped.pop(record.path, None)
+        for item in shard.skipped:
+            pending_skipped[item.path] = item
+            pending_ready.pop(item.path, None)
     old_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
     old_skipped: dict[str, SkippedFile] = {}
     if old is not None:
         old_ready = {
-            record.path: (record, FeatureSource(str(old.path), index)) for index, record in enumerate(old.records())
+            record.path: (record, FeatureSource(str(file), index))
+            for record, (file, index) in zip(old.records(), old.sources())
         }
         old_skipped = {item.path: item for item in old.skipped()}
     ready, todo = {}, []
@@ -177,8 +204,8 @@ def _plan(dataset: Dataset, old: FeatureCache | None, journal: Journal, conditio
         except OSError as error:
             skipped[entry.path] = SkippedFile(entry.path, f"cannot read file ({error.strerror})", FileStamp(-1, -1))
             continue
-        known = journal_ready.get(entry.path) or old_ready.get(entry.path)
-        failed = journal_skipped.get(entry.path) or old_skipped.get(entry.path)
+        known = pending_ready.get(entry.path) or old_ready.get(entry.path)
+        failed = pending_skipped.get(entry.path) or old_skipped.get(entry.path)
         if known and known[0].stamp == stamp:
             ready[entry.path] = known
         elif failed and failed.stamp == stamp and not failed.worth_retrying(conditions):
@@ -200,14 +227,17 @@ def _same_content(path: str, expected_hash: str) -> bool:
         return False
 
 
-class _JournalWriter:
-    """Commits batches to the journal on a background thread, off the model's critical path."""
+class _ShardWriter:
+    """Writes each finished batch as a shard on a background thread, off the model's critical path."""
 
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
+    def __init__(self, cache_path: Path, recipe: schema.Recipe) -> None:
+        self._cache_path = cache_path
+        self._recipe = recipe
+        self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._needed = 0
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -215,8 +245,11 @@ class _JournalWriter:
             if self._error is None:
                 try:
                     features, records, skipped = item
-                    features, records, skipped = _finite_rows(np.asarray(features), records, skipped)
-                    self._journal.append(features, records, skipped)
+                    self._needed = 2 * np.asarray(features).nbytes + (1 << 20)  # the shard, and the index after it
+                    path = new_shard_path(self._cache_path)
+                    write_shard(path, self._recipe, np.asarray(features), records, skipped)
+                    self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
+                    checkpoint("shard-written")
                 except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
                     self._error = error
 
@@ -230,52 +263,42 @@ class _JournalWriter:
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
+        folder = schema.shards_dir(self._cache_path)
         if isinstance(self._error, OSError):
-            folder = self._journal.dir.parent
-            if self._error.errno == errno.ENOSPC or "Errno 28" in str(self._error):
-                raise PipelineError(
-                    f"{folder}: no space left on the device while writing features; free space in {folder} "
-                    "and run the same command again (finished batches are kept)"
-                ) from None
-            raise PipelineError(
-                f"{self._journal.dir}: cannot write features ({' '.join(str(self._error).split())[:200]}); "
-                "fix the folder and run the same command again"
-            ) from None
+            raise PipelineError(str(no_space(folder, self._needed, self._error))) from None
         if self._error is not None:
             raise self._error
 
 
-def _finite_rows(
-    features: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]
-) -> tuple[np.ndarray, list[FileRecord], list[SkippedFile]]:
-    """Rows whose features hold NaN or inf become skipped files: a cache never stores them."""
-    if not len(features):
-        return features, records, skipped
-    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
-    if finite.all():
-        return features, records, skipped
-    reason = "the backbone gave non-finite features (NaN or inf), e.g. a float16 overflow; try --precision float32"
-    bad = [SkippedFile(record.path, reason, record.stamp) for record, ok in zip(records, finite) if not ok]
-    return features[finite], [record for record, ok in zip(records, finite) if ok], skipped + bad
+def _check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
+    """Refuse NaN or infinite features: they would poison every head trained on the cache."""
+    bad = ~np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if bad.any():
+        raise PipelineError(
+            f"{records[int(np.flatnonzero(bad)[0])].path}: the backbone produced non-finite features; "
+            "check the image and --precision (float32 avoids overflow), then run again"
+        )
 
 
-def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, journal: Journal) -> float:
-    """Run the model over ``plan.todo`` into the journal; returns the seconds it took."""
+def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe) -> tuple[list[Shard], float]:
+    """Run the model over ``plan.todo`` into new shards; returns them and the seconds it took."""
     started = time.perf_counter()
-    writer = _JournalWriter(journal)
+    writer = _ShardWriter(Path(options.cache), recipe)
+    schema.shards_dir(options.cache).mkdir(exist_ok=True)
     batches = iter_batches(plan.todo, spec, options.batch_size, options.workers)
     try:
         with progress.bar("extracting", total=len(plan.todo)) as advance:
             for batch in batches:
                 if batch.count:
                     features = backbone.predict(batch.images)[: batch.count]
+                    _check_finite(np.asarray(features), batch.records)
                 else:
                     features = np.zeros((0, *backbone.feature_shape), dtype=options.storage_dtype)
                 writer.put(features, batch.records, batch.skipped)
                 advance(batch.count + len(batch.skipped))
     finally:
         writer.close()
-    return time.perf_counter() - started
+    return writer.written, time.perf_counter() - started
 
 
 def _rows(dataset: Dataset, ready: dict[str, tuple[FileRecord, FeatureSource]]) -> tuple[list[str], list[Row]]:
@@ -366,7 +389,7 @@ def _nothing_to_do(
 ) -> ExtractReport | None:
     """The report of a no-op run, if this request and every file are as the cache recorded them."""
     path = Path(options.cache)
-    if options.force or not path.exists() or schema.journal_dir(path).exists():
+    if options.force or not path.exists():
         return None
     try:
         cache = FeatureCache(path)
@@ -375,7 +398,10 @@ def _nothing_to_do(
     with cache:
         if cache.attrs.get("request") != request:
             return None
-        plan = _plan(dataset, cache, Journal(path), skip_conditions(spec))
+        live = {file.resolve() for file in cache.shard_files}
+        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in schema.shards_dir(path).glob("*")):
+            return None
+        plan = _plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = _rows(dataset, plan.ready)
         skipped = _skipped_in_order(dataset, plan)
         if plan.todo or not rows or not _unchanged(cache, dataset, class_names, rows, skipped):
@@ -388,7 +414,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     from pipeline.backbones import build_backbone, tf32_allowed
 
     cache_path = Path(options.cache)
-    precision, notes = _precision_for(options)
+    precision, notes = _auto_precision(options)
     backbone = build_backbone(
         options.backbone,
         weights=options.weights,
@@ -409,27 +435,26 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         precision=backbone.precision,
         storage_dtype=options.storage_dtype,
     )
-    journal = Journal(cache_path)
-    _check_journal(journal, recipe, options.force)
+    remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
+    remove_temporaries(schema.shards_dir(cache_path))
     old = _open_existing(options, recipe)
     try:
-        plan = _plan(dataset, old, journal, skip_conditions(spec))
+        live = {file.resolve() for file in old.shard_files} if old is not None else set()
+        orphans = _orphans(cache_path, live, recipe, options.force)
+        plan = _plan(dataset, old, orphans, skip_conditions(spec))
+        checkpoint("planned")
         if old is not None:
-            notes += _check_removals(options, dataset, old, plan)
-        if journal.damaged:
-            notes.append(
-                f"removed {len(journal.damaged)} damaged journal segment(s) of the interrupted run "
-                f"({', '.join(journal.damaged[:3])}); their images are extracted again"
-            )
+            _check_drop(options, dataset, old, plan)
         extract_seconds = 0.0
+        new: list[Shard] = []
         if plan.todo:
-            if not journal.exists():
-                journal.start(recipe)
-            extract_seconds = _extract(backbone, plan, spec, options, journal)
-            ready, failed = journal.contents()
+            new, extract_seconds = _extract(backbone, plan, spec, options, recipe)
             todo = {task.path for task in plan.todo}
-            plan.ready.update({path: ready[path] for path in ready.keys() & todo})
-            plan.skipped.update({path: failed[path] for path in failed.keys() & todo})
+            for shard in new:
+                for index, record in enumerate(shard.records):
+                    if record.path in todo:
+                        plan.ready[record.path] = (record, FeatureSource(str(shard.path), index))
+                plan.skipped.update({item.path: item for item in shard.skipped if item.path in todo})
         class_names, rows = _rows(dataset, plan.ready)
         skipped = _skipped_in_order(dataset, plan)
         if not rows:
@@ -437,66 +462,109 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
                 f"{options.data}: none of the {len(dataset.entries)} files could be read "
                 f"(first: {skipped[0].path}: {skipped[0].reason}); check the files and run again"
             )
-        written = old is None or journal.exists() or not _unchanged(old, dataset, class_names, rows, skipped)
+        written = (
+            old is None
+            or old.version != schema.SCHEMA_VERSION
+            or bool(orphans or new)
+            or not _unchanged(old, dataset, class_names, rows, skipped)
+        )
         if written:
-            write_cache(
-                cache_path,
-                recipe=recipe,
-                feature_shape=backbone.feature_shape,
-                class_names=class_names,
-                rows=rows,
-                skipped=skipped,
-                attrs={
-                    "data_root": str(dataset.root),
-                    "source_kind": dataset.kind,
-                    "created_at": old.attrs["created_at"] if old else _now(),
-                    "request": request,
-                    "tf32": {True: "allowed", False: "off", None: "not applicable (CPU)"}[tf32_allowed()],
-                    **library_versions(),
-                },
-            )
+            rows = _into_shards(cache_path, recipe, rows, backbone.feature_shape)
+            table = _shard_table(cache_path, rows, old, [*orphans, *new])
+            attrs = {
+                "data_root": str(dataset.root),
+                "source_kind": dataset.kind,
+                "created_at": old.attrs.get("created_at", _now()) if old else _now(),
+                "request": request,
+                "tf32": {True: "allowed", False: "off", None: "not applicable (CPU)"}[tf32_allowed()],
+                **library_versions(),
+            }
+            try:
+                write_index(cache_path, recipe=recipe, feature_shape=backbone.feature_shape, class_names=class_names,
+                            rows=rows, skipped=skipped, attrs=attrs, shards=table)
+            except OSError as error:
+                raise PipelineError(str(no_space(cache_path.parent, (1 << 20) + 200 * len(rows), error))) from None
     finally:
         if old is not None:
             old.close()
-    journal.remove()
+    checkpoint("committed")
+    if written:
+        collect_garbage(cache_path, {cache_path.parent.resolve() / name for name, *_ in table})
     report = _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
     return dataclasses.replace(report, notes=tuple(notes))
 
 
-def _precision_for(options: ExtractOptions) -> tuple[str, list[str]]:
-    """``auto`` on an existing cache means the cache's precision, where this machine runs it; else ``auto``.
+def _auto_precision(options: ExtractOptions) -> tuple[str, list[str]]:
+    """``auto`` on an existing cache keeps the cache's precision, so the machine never splits a cache.
 
-    A cache made on a GPU in bfloat16 stays extendable on a laptop with the same command.
+    Every precision runs on every machine (bfloat16 is emulated on CPUs without AMX, only
+    slower); choosing by machine would refuse a bfloat16 cache on a float32 laptop.
     """
-    path = Path(options.cache)
-    if options.precision != "auto" or options.force or not path.is_file():
+    if options.precision != "auto" or options.force:
         return options.precision, []
     try:
-        with h5py.File(path, "r") as f:
-            cached = str(f.attrs.get("recipe.precision", ""))
-    except OSError:
+        with FeatureCache(options.cache) as cache:
+            precision = cache.recipe.precision
+    except CacheError:
         return options.precision, []
-    from pipeline.backbones import has_accelerator
-
-    if cached in ("float32", "bfloat16") or (cached == "float16" and has_accelerator()):
-        return cached, [f"precision auto: {cached}, as {path} was made with"]
-    return options.precision, []
+    return precision, [f"precision auto: {precision}, the precision {options.cache} was made with"]
 
 
-def _check_removals(options: ExtractOptions, dataset: Dataset, old: FeatureCache, plan: _Plan) -> list[str]:
-    """Refuse to drop cached images silently when the data root changed or most of them would go."""
-    moved = str(old.data_root) != str(dataset.root)
-    if not plan.removed:
-        return [f"data root moved from {old.data_root} to {dataset.root}; every image was found there"] if moved else []
-    if options.prune or options.force:
-        return [f"{plan.removed} cached images no longer in {dataset.root} were dropped (--prune)"]
-    if moved or 2 * plan.removed > len(old):
-        cause = f"it was made from {old.data_root}, not {dataset.root}" if moved else f"{dataset.root} lacks most of them"
+def _check_drop(options: ExtractOptions, dataset: Dataset, old: FeatureCache, plan: _Plan) -> None:
+    """Refuse a run that would silently drop much of the cache: another data folder, or most rows gone."""
+    if options.prune or options.force or not plan.removed:
+        return  # a moved data folder whose images are all found drops nothing
+    if str(old.data_root) and str(old.data_root) != str(dataset.root):
         raise PipelineError(
-            f"{options.cache}: {plan.removed} of its {len(old)} images would be dropped ({cause}); "
-            "pass --prune to drop them, or use another --cache for this data"
+            f"{options.cache} was made from {old.data_root}, not {dataset.root}; rows of images not in "
+            "the new folder would be dropped: pass --prune to drop them, or another --cache"
         )
-    return []
+    if plan.removed * 2 > len(old):
+        raise PipelineError(
+            f"{options.cache}: {plan.removed} of its {len(old)} images are no longer in {dataset.root}; "
+            "pass --prune to drop their rows, or check the data folder"
+        )
+
+
+def _into_shards(cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...]) -> list[Row]:
+    """Copy rows whose features are not in a shard (a version-1 cache being upgraded) into new shards."""
+    folder = schema.shards_dir(cache_path).resolve()
+    outside = [i for i, row in enumerate(rows) if Path(row.source.file).resolve().parent != folder]
+    if not outside:
+        return rows
+    folder.mkdir(exist_ok=True)
+    rows = list(rows)
+    per_shard = max(1, schema.chunk_rows(feature_shape, np.dtype(recipe.storage_dtype).itemsize) * 16)
+    for start in range(0, len(outside), per_shard):
+        part = outside[start : start + per_shard]
+        with h5py.File(rows[part[0]].source.file, "r") as f:
+            features = np.stack([f[schema.FEATURES][rows[i].source.index] for i in part])
+        path = new_shard_path(cache_path)
+        try:
+            write_shard(path, recipe, features, [rows[i].record for i in part], [])
+        except OSError as error:
+            raise PipelineError(str(no_space(folder, features.nbytes, error))) from None
+        for n, i in enumerate(part):
+            rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
+    return rows
+
+
+def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str]]:
+    """``(relative file, rows, bytes, digest)`` of every shard a row refers to, in first-use order."""
+    facts: dict[Path, tuple[int, str]] = {}
+    if old is not None and old.version == schema.SCHEMA_VERSION:
+        facts = {f.resolve(): (size, digest) for f, size, digest in zip(old.shard_files, old.shard_sizes, old.shard_digests)}
+    facts.update({shard.path.resolve(): (shard.size, shard.digest) for shard in known})
+    folder = cache_path.parent.resolve()
+    table: dict[Path, tuple[str, int, int, str]] = {}
+    for row in rows:
+        file = Path(row.source.file).resolve()
+        if file not in table:
+            size, digest = facts.get(file) or (file.stat().st_size, file_digest(file))
+            with h5py.File(file, "r") as f:
+                count = len(f[schema.FEATURES])
+            table[file] = (os.path.relpath(file, folder), count, size, digest)
+    return list(table.values())
 
 
 def run_extract(options: ExtractOptions) -> ExtractReport:

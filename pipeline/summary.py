@@ -31,7 +31,7 @@ def print_extract_report(report: ExtractReport) -> None:
 
 def print_cache_info(cache: FeatureCache) -> None:
     recipe = cache.recipe
-    size_mib = cache.path.stat().st_size / 2**20
+    size_mib = cache.disk_bytes / 2**20
     console.print(f"{cache.path}  ({size_mib:.1f} MiB on disk, identity {cache.identity})")
     console.print(
         f"  {len(cache)} images, {len(cache.class_names)} classes, features {cache.feature_shape} {cache.storage_dtype}"

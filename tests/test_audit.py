@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from image_factory import photo
@@ -126,9 +125,7 @@ def test_the_review_loop_fixes_labels_without_extracting_again(planted, tmp_path
     work = tmp_path / "copy"
     shutil.copytree(planted["data"], work / "digits")
     cache = work / "digits.h5"
-    shutil.copy(planted["cache"], cache)
-    with h5py.File(cache, "a") as f:
-        f.attrs["data_root"] = str((work / "digits").resolve())
+    run_extract(ExtractOptions(data=str(work / "digits"), cache=str(cache), weights="none", image_size=32))
     assert main(["audit", str(cache), "--out", str(work / "health")]) == 0
     relabel = sorted(planted["wrong"])[:3]
     exclude = sorted(planted["copies"])[:2]

@@ -45,7 +45,7 @@ def extract(data: Path, cache: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("size, phase", [("0", "lock"), ("700K", "journal"), ("1300K", "final write")])
+@pytest.mark.parametrize("size, phase", [("0", "lock"), ("700K", "shard writes")])
 def test_a_full_disk_at_every_phase_is_one_line_and_the_same_command_finishes(small_disk, digits, tmp_path, size, phase):
     mount, resize = small_disk
     cache = mount / "c.h5"

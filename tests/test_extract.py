@@ -20,7 +20,6 @@ from image_factory import make_class_folders, photo, save, truncated_jpeg
 
 from features_cache import schema
 from features_cache.errors import CacheError
-from features_cache.journal import Journal
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from pipeline.cli import main
@@ -90,8 +89,14 @@ def test_cache_records_how_it_was_made(photos, tmp_path, weights_file):
     with h5py.File(cache_path, "r") as f:
         attrs = dict(f.attrs)
         features = f[schema.FEATURES]
-        assert features.dtype == np.float16
-        assert features.chunks[1:] == (1, 1, 512) and features.chunks[0] * 512 * 2 <= 1 << 20
+        assert features.dtype == np.float16 and features.is_virtual
+        through_hdf5 = features[()]
+    with FeatureCache(cache_path) as cache:
+        np.testing.assert_array_equal(through_hdf5, cache.features(dtype=np.float16))
+        for shard in cache.shard_files:
+            with h5py.File(shard, "r") as f:
+                chunks = f[schema.FEATURES].chunks
+                assert f[schema.FEATURES].fletcher32 and chunks[1:] == (1, 1, 512) and chunks[0] * 512 * 2 <= 1 << 20
     assert attrs["recipe.backbone"] == "vgg16" and attrs["recipe.preprocessing"] == "caffe"
     assert attrs["recipe.image_size"] == 32 and attrs["recipe.precision"] == "float32"
     assert attrs["recipe.resize"] == "stretch" and attrs["recipe.interpolation"] == "bilinear"
@@ -203,15 +208,15 @@ def run_cli(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_for_segments(process: subprocess.Popen, cache_path: Path, count: int) -> Path:
-    """Wait until a running extraction has committed ``count`` batches to its journal."""
-    journal = schema.journal_dir(cache_path)
+def wait_for_shards(process: subprocess.Popen, cache_path: Path, count: int) -> Path:
+    """Wait until a running extraction has committed ``count`` batches as shards."""
+    shards = schema.shards_dir(cache_path)
     deadline = time.monotonic() + 120
-    while len(list(journal.glob("segment-*.h5"))) < count:
+    while len(list(shards.glob("shard-*.h5"))) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    return journal
+    return shards
 
 
 def cli_args(data: Path, cache_path: Path, weights_file: Path) -> list[str]:
@@ -233,16 +238,16 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     data = make_class_folders(tmp_path / "many", {"a": 200, "b": 200}, size=(80, 60))  # too many to finish in the gap
     cache_path = tmp_path / "killed.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
-    journal = wait_for_segments(process, cache_path, 5)
+    shards = wait_for_shards(process, cache_path, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    committed = len(list(journal.glob("segment-*.h5")))
+    committed = len(list(shards.glob("shard-*.h5")))
     assert committed < 100, "the run finished before it could be killed"
-    with pytest.raises(CacheError, match="interrupted"):
+    with pytest.raises(CacheError, match="no such cache"):
         FeatureCache(cache_path)
 
     assert resume(data, cache_path, weights_file) <= 400 - 4 * committed
-    assert not journal.exists()
+    assert len(list(shards.glob("*"))) == 400 // 4  # one shard a batch of 4, no leftovers
 
     uninterrupted = tmp_path / "straight.h5"
     run_extract(options(data, uninterrupted, weights_file, storage_dtype="float16"))
@@ -253,33 +258,30 @@ def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_
     data = make_class_folders(tmp_path / "many", {"a": 200, "b": 200}, size=(80, 60))  # too many to finish in the gap
     cache_path = tmp_path / "interrupted.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
-    journal = wait_for_segments(process, cache_path, 3)
+    shards = wait_for_shards(process, cache_path, 3)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted: finished batches are kept" in err, err
-    kept = len(list(journal.glob("segment-*.h5")))
+    kept = len(list(shards.glob("shard-*.h5")))
     assert 3 <= kept < 100
     assert resume(data, cache_path, weights_file) <= 400 - 4 * kept
     with FeatureCache(cache_path) as cache:
         assert len(cache) == 400
 
 
-def test_a_killed_incremental_run_keeps_the_old_cache_and_says_so(photos, tmp_path, weights_file):
+def test_a_killed_incremental_run_keeps_the_old_cache(photos, tmp_path, weights_file):
     cache_path = tmp_path / "features.h5"
     run_extract(options(photos, cache_path, weights_file))
     before = snapshot(cache_path)
-    with FeatureCache(cache_path) as cache:
-        Journal(cache_path).start(cache.recipe)  # what a run killed before its first batch leaves
-    with pytest.raises(CacheError, match="interrupted .* run the same `python -m pipeline extract` command again"):
-        FeatureCache(cache_path)
+    save(photo(40, 30, seed=900), photos / "수박" / "new.png")
+    shards = schema.shards_dir(cache_path)
+    (shards / ".shard-dead.h5.tmp-999999").write_bytes(b"half a shard")  # what a kill mid-write leaves
+    (shards / "shard-garbage.h5").write_text("not hdf5")  # a damaged unindexed shard: dropped
+    assert_same_cache(snapshot(cache_path), before)  # readers never see unindexed shards
     report = run_extract(options(photos, cache_path, weights_file))
-    assert report.written and report.extracted == 0 and not schema.journal_dir(cache_path).exists()
-    assert_same_cache(snapshot(cache_path), before)
-
-    schema.journal_dir(cache_path).mkdir()  # a journal without a readable recipe holds nothing: dropped
-    (schema.journal_dir(cache_path) / "recipe.json").write_text("{}")
-    run_extract(options(photos, cache_path, weights_file))
-    assert_same_cache(snapshot(cache_path), before)
+    assert report.written and report.extracted == 1
+    assert sorted(p.name for p in shards.iterdir() if not p.name.startswith("shard-")) == []
+    assert not (shards / "shard-garbage.h5").exists()
 
 
 @pytest.mark.parametrize(
@@ -350,3 +352,42 @@ def test_info_prints_counts_recipe_and_skipped(photos, tmp_path, weights_file, c
     out = capsys.readouterr().out
     assert "16 images, 3 classes" in out and "vgg16" in out and "토마토" in out
     assert "토마토/broken.png: not an image" in out
+
+
+def test_dropping_another_folders_rows_or_most_rows_needs_prune(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file))
+    other = make_class_folders(tmp_path / "other", {"x": 3, "y": 3})
+    with pytest.raises(PipelineError, match="was made from .* pass --prune"):
+        run_extract(options(other, cache_path, weights_file))
+    for folder in ("토마토", "호박"):
+        shutil.rmtree(photos / folder)
+    save(photo(40, 30, seed=901), photos / "호박" / "one.png")
+    with pytest.raises(PipelineError, match="11 of its 16 images are no longer in .* pass --prune"):
+        run_extract(options(photos, cache_path, weights_file))
+    assert run_extract(options(photos, cache_path, weights_file, prune=True)).removed == 11
+    with FeatureCache(cache_path) as cache:
+        assert len(cache) == 6
+
+
+def test_auto_precision_keeps_the_precision_the_cache_was_made_with(photos, tmp_path, weights_file):
+    cache_path = tmp_path / "features.h5"
+    run_extract(options(photos, cache_path, weights_file, precision="bfloat16"))
+    save(photo(40, 30, seed=902), photos / "호박" / "new.png")
+    report = run_extract(options(photos, cache_path, weights_file, precision="auto"))
+    assert report.extracted == 1 and any(note.startswith("precision auto: bfloat16") for note in report.notes)
+    with FeatureCache(cache_path) as cache:
+        assert cache.recipe.precision == "bfloat16"
+
+
+def test_non_finite_features_are_refused_naming_the_image(photos, tmp_path):
+    keras.utils.set_random_seed(1234)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    values = model.get_weights()
+    model.set_weights([*values[:-1], np.full_like(values[-1], np.inf)])  # the last bias: infinite features
+    weights = tmp_path / "huge.weights.h5"
+    model.save_weights(weights)
+    cache_path = tmp_path / "features.h5"
+    with pytest.raises(PipelineError, match=r"\.jpg: the backbone produced non-finite features"):
+        run_extract(options(photos, cache_path, weights))
+    assert not cache_path.exists()

@@ -1,0 +1,116 @@
+"""Shards: immutable HDF5 files of finished rows, the unit of growth and of resume.
+
+Every batch ``extract`` finishes becomes one shard in ``CACHE.h5.shards/``, written
+under a temporary name, fsynced and renamed. Names are random UUIDs, so no two runs,
+gaps or crashes can ever make one shard overwrite another. A shard is never changed
+after it appears; the index decides which of its rows are live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from features_cache import schema
+from features_cache.faults import checkpoint
+from features_cache.reader import read_records, read_skipped
+from features_cache.records import FileRecord, SkippedFile
+from features_cache.writer import atomic_h5, write_records, write_skipped
+
+_TEMP = re.compile(r"^\..*\.tmp-\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A verified shard: its file, size, digest and what it holds."""
+
+    path: Path
+    size: int
+    digest: str
+    records: list[FileRecord]
+    skipped: list[SkippedFile]
+
+
+def new_shard_path(cache_path: str | Path) -> Path:
+    return schema.shards_dir(cache_path) / f"shard-{uuid.uuid4().hex}.h5"
+
+
+def file_digest(path: str | Path) -> str:
+    """BLAKE2b-128 of the whole file: what the index records to detect any later change."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(
+    path: Path, recipe: schema.Recipe, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile]
+) -> None:
+    """Write one shard atomically; features carry a fletcher32 checksum per chunk."""
+    feature_shape = tuple(features.shape[1:])
+    dtype = np.dtype(recipe.storage_dtype)
+    per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
+    with atomic_h5(path) as f:
+        f.create_dataset(
+            schema.FEATURES,
+            data=np.asarray(features, dtype=dtype),
+            chunks=(max(1, min(per_chunk, len(features))), *feature_shape),
+            maxshape=(None, *feature_shape),
+            fletcher32=True,
+        )
+        write_records(f, records)
+        write_skipped(f, skipped)
+        f.attrs.update(recipe.to_attrs())
+        f.attrs["identity"] = recipe.fingerprint()
+        f.attrs["schema_version"] = schema.SCHEMA_VERSION
+
+
+def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Shard:
+    """Check a shard and return it; raise ``ValueError`` saying what is wrong.
+
+    ``read_features`` reads every chunk, so HDF5 verifies its fletcher32 checksum.
+    """
+    try:
+        size = path.stat().st_size
+        with h5py.File(path, "r") as f:
+            if str(f.attrs.get("identity", "")) != recipe.fingerprint():
+                raise ValueError("made with other settings")
+            features = f[schema.FEATURES]
+            records, skipped = read_records(f), read_skipped(f)
+            if features.shape[0] != len(records):
+                raise ValueError("row count does not match its paths")
+            if read_features:
+                for start in range(0, len(features), 4096):
+                    features[start : start + 4096]
+        return Shard(path, size, file_digest(path), records, skipped)
+    except (OSError, KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
+
+def remove_temporaries(folder: Path, prefix: str = ".") -> None:
+    """Delete temporary files named ``prefix...tmp-PID``: under the writer lock they are all dead."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.name.startswith(prefix) and _TEMP.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
+    """Delete shards the committed index no longer lists; run only after the index is durable."""
+    for path in schema.shards_dir(cache_path).glob("shard-*.h5"):
+        if path.resolve() not in live:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            checkpoint("collecting")

@@ -1,0 +1,19 @@
+"""``pipeline compact CACHE [--to FILE]``: reclaim rows of removed images, or write one file to share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("compact", help="rewrite a cache's live rows into fresh shards, or into one file")
+    parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
+    parser.add_argument("--to", default=None, help="write one standalone HDF5 file here instead (the cache is unchanged)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from features_cache.compact import compact
+
+    print(f"wrote {compact(args.cache, args.to)}")
+    return 0

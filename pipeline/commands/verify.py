@@ -1,0 +1,29 @@
+"""``pipeline verify CACHE``: read every byte of a cache and name what is damaged."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("verify", help="check every shard of a feature cache and name what is damaged")
+    parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
+    parser.add_argument("--repair", action="store_true", help="delete damaged shards, so the next extract redoes their images")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from features_cache.verify import damage
+
+    problems = damage(args.cache)
+    for file, reason in problems:
+        print(f"{file}: {reason}", file=sys.stderr)
+        if args.repair:
+            file.unlink(missing_ok=True)
+    if not problems:
+        print(f"{args.cache}: ok")
+        return 0
+    fix = "deleted them" if args.repair else "run `pipeline verify --repair` to delete them"
+    print(f"{args.cache}: {len(problems)} damaged; {fix}, then `pipeline extract` again to redo their images", file=sys.stderr)
+    return 1

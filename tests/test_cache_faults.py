@@ -1,0 +1,250 @@
+"""The cache under kills, damage and full disks: the next run is right or refuses in one line.
+
+Real processes are killed with SIGKILL at named points of ``extract``, real files are
+damaged byte by byte, and a real tmpfs runs out of space. After each, the next run must
+give a cache equal to an uninterrupted run's, or refuse with one line and no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from image_factory import make_class_folders, photo, save
+from test_extract import assert_same_cache, cli_args, options, snapshot
+
+from features_cache import schema
+from features_cache.compact import compact
+from features_cache.errors import CacheError
+from features_cache.reader import FeatureCache
+from features_cache.writer import FeatureSource, Row, write_cache
+from pipeline.cli import main
+from pipeline.extract import run_extract
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    keras.utils.set_random_seed(1234)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
+    model.save_weights(path)
+    return path
+
+
+def args(data: Path, cache: Path, weights: Path) -> list[str]:
+    return [*cli_args(data, cache, weights), "--storage", "float32"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("data") / "photos", {"a": 9, "b": 9})
+
+
+@pytest.fixture(scope="module")
+def reference(data, weights_file, tmp_path_factory) -> dict:
+    """What an uninterrupted run of the final data gives."""
+    cache = tmp_path_factory.mktemp("reference") / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    return snapshot(cache)
+
+
+def extract(data: Path, cache: Path, weights: Path, capsys) -> tuple[int, str]:
+    """Run ``pipeline extract`` in this process; returns the exit code and stderr."""
+    capsys.readouterr()
+    code = main(args(data, cache, weights))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    return code, err
+
+
+def assert_one_line_refusal(code: int, err: str) -> None:
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(errors) == 1, err
+
+
+def assert_recovers(data: Path, cache: Path, weights: Path, reference: dict, capsys) -> None:
+    """The next run finishes right, or refuses in one line and --force then finishes right."""
+    code, err = extract(data, cache, weights, capsys)
+    if code != 0:
+        assert_one_line_refusal(code, err)
+        capsys.readouterr()
+        assert main([*args(data, cache, weights), "--force"]) == 0
+    try:
+        assert_same_cache(snapshot(cache), reference)
+    except CacheError as error:  # damage found on read: verify names it, repair drops it, extract redoes it
+        assert "\n" not in str(error)
+        assert main(["verify", str(cache)]) == 1
+        assert main(["verify", "--repair", str(cache)]) == 1
+        assert extract(data, cache, weights, capsys)[0] == 0
+        assert main(["verify", str(cache)]) == 0
+        assert_same_cache(snapshot(cache), reference)
+
+
+def grown(data: Path, tmp_path: Path) -> Path:
+    """A copy of ``data`` with 3 images fewer: the cache built from it then gains them back."""
+    copy = tmp_path / "photos"
+    shutil.copytree(data, copy)
+    removed = tmp_path / "held-back"
+    removed.mkdir()
+    for name in ("a/img_000.jpg", "b/img_001.jpg", "b/img_002.jpg"):
+        shutil.move(copy / name, removed / name.replace("/", "-"))
+    return copy
+
+
+@pytest.mark.parametrize("point", ["planned", "shard-before-rename", "shard-written", "index-before-rename", "committed", "collecting"])
+def test_sigkill_at_every_phase(point, data, reference, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    save(photo(50, 40, seed=77), data / "a" / "extra.png")  # the killed run has work to do
+    (schema.shards_dir(cache) / "shard-junk.h5").write_text("junk")  # and garbage to collect
+    try:
+        env = {**os.environ, "PIPELINE_KILL_AT": point}
+        killed = subprocess.run([sys.executable, "-m", "pipeline", *args(data, cache, weights_file)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    finally:
+        (data / "a" / "extra.png").unlink()
+    assert_recovers(data, cache, weights_file, reference, capsys)
+    assert sorted(p.name for p in schema.shards_dir(cache).iterdir() if not p.name.startswith("shard-")) == []
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "delete":
+        path.unlink()
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "zero":
+        path.write_bytes(b"")
+    elif how == "text":
+        path.write_text("this is not HDF5\n")
+    else:
+        raw = bytearray(path.read_bytes())
+        where = {
+            "flip-metadata": lambda: 200,
+            "flip-row-data": lambda: raw.find(b"img_004.jpg") + 4,  # another image's name, same length
+            "flip-data": lambda: _feature_offset(path),
+        }[how]()
+        raw[where] ^= 0x01
+        path.write_bytes(bytes(raw))
+
+
+def _feature_offset(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(f[schema.FEATURES].id.get_chunk_info(0).byte_offset) + 17
+
+
+HOW = ["delete", "directory", "truncate", "zero", "text", "flip-metadata", "flip-row-data"]
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("which", ["index", "live shard", "unindexed shard"])
+def test_damaged_files_are_rebuilt_or_refused(which, how, data, reference, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    source = grown(data, tmp_path) if which == "unindexed shard" else data
+    run_extract(options(source, cache, weights_file))
+    shards = sorted(schema.shards_dir(cache).glob("shard-*.h5"))
+    if which == "unindexed shard":  # a batch a killed run finished but never indexed
+        for name in ("a-img_000.jpg", "b-img_001.jpg", "b-img_002.jpg"):
+            shutil.copy(tmp_path / "held-back" / name, source / name.replace("-", "/", 1))
+        env = {**os.environ, "PIPELINE_KILL_AT": "index-before-rename"}
+        subprocess.run([sys.executable, "-m", "pipeline", *args(source, cache, weights_file)], cwd=REPO, env=env,
+                       capture_output=True, timeout=300, check=False)
+        target = next(p for p in schema.shards_dir(cache).glob("shard-*.h5") if p not in shards)
+    else:
+        target = cache if which == "index" else shards[len(shards) // 2]
+    damage(target, how)
+    assert_recovers(source, cache, weights_file, reference, capsys)
+
+
+def test_flipped_feature_bits_are_caught_on_read_and_by_verify(data, reference, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    damage(sorted(schema.shards_dir(cache).glob("shard-*.h5"))[1], "flip-data")
+    with pytest.raises(CacheError, match="damaged shard"):
+        snapshot(cache)
+    assert main(["verify", str(cache)]) == 1
+    assert "digest mismatch" in capsys.readouterr().err
+    assert_recovers(data, cache, weights_file, reference, capsys)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=64", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("free_kb", [None, 0, 40, 120, 260])  # no inodes (lock), shards, index, none short
+def test_disk_full_is_one_line_and_the_same_command_finishes(free_kb, small_disk, data, reference, weights_file, capsys):
+    cache = small_disk / "features.h5"
+    filler = small_disk / "filler"
+    with open(filler, "wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * (2048 - (free_kb or 0)) * 1024)
+    inodes = small_disk / "inodes"
+    if free_kb is None:
+        inodes.mkdir()
+        with contextlib.suppress(OSError):
+            for i in range(64):
+                (inodes / str(i)).touch()
+    code, err = extract(data, cache, weights_file, capsys)
+    if code != 0:
+        assert_one_line_refusal(code, err)
+        assert "run the same command again" in err and str(small_disk) in err
+    filler.unlink()
+    shutil.rmtree(inodes, ignore_errors=True)
+    assert extract(data, cache, weights_file, capsys)[0] == 0
+    assert_same_cache(snapshot(cache), reference)
+
+
+def test_the_index_reads_with_hdf5_tools_and_relative_paths(data, weights_file, tmp_path):
+    cache = tmp_path / "here" / "features.h5"
+    cache.parent.mkdir()
+    run_extract(options(data, cache, weights_file))
+    if not (shutil.which("h5dump") and shutil.which("h5ls")):
+        pytest.skip("hdf5-tools not installed (CI installs them)")
+    for command in (["h5dump", "-H", str(cache)], ["h5ls", "-r", str(cache)]):
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0 and "error" not in done.stdout + done.stderr.lower(), done.stderr
+    moved = tmp_path / "moved"
+    shutil.move(cache.parent, moved)
+    with h5py.File(moved / "features.h5", "r") as f, FeatureCache(moved / "features.h5") as moved_cache:
+        np.testing.assert_array_equal(f[schema.FEATURES][()], moved_cache.features())
+
+
+def test_compact_and_version_one_caches(data, reference, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    single = compact(cache, tmp_path / "shared.h5")
+    assert_same_cache(snapshot(single), reference)
+    compact(cache)
+    assert len(list(schema.shards_dir(cache).iterdir())) == 1
+    assert_same_cache(snapshot(cache), reference)
+
+    old = tmp_path / "v1.h5"  # a version-1 cache is one standalone file: read, then upgraded by extract
+    with FeatureCache(single) as standalone:
+        rows = [Row(r, int(standalone.labels[i]), str(standalone.splits[i]), FeatureSource(str(single), i))
+                for i, r in enumerate(standalone.records())]
+        write_cache(old, recipe=standalone.recipe, feature_shape=standalone.feature_shape,
+                    class_names=standalone.class_names, rows=rows, skipped=[], attrs={"data_root": str(data.resolve())})
+    assert_same_cache(snapshot(old), reference)
+    assert extract(data, old, weights_file, capsys)[0] == 0
+    with FeatureCache(old) as upgraded:
+        assert upgraded.version == schema.SCHEMA_VERSION
+    assert_same_cache(snapshot(old), reference)
