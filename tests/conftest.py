@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import pytest
 
 from pipeline.demo_data import write_digits
@@ -22,3 +23,13 @@ def digits_cache(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     cache = tmp_path_factory.mktemp("cache") / "digits32.h5"
     run_extract(ExtractOptions(data=str(digits_dir), cache=str(cache), weights="none", image_size=32))
     return cache
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VGG16 conv weights saved by the tests themselves (seeded), as a user's local .h5 would be."""
+    keras.utils.set_random_seed(1234)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
+    model.save_weights(path)
+    return path

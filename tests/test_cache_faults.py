@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import keras
 import numpy as np
 import pytest
 from image_factory import make_class_folders, photo, save
@@ -31,15 +30,6 @@ from pipeline.cli import main
 from pipeline.extract import run_extract
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    keras.utils.set_random_seed(1234)
-    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
-    model.save_weights(path)
-    return path
 
 
 def args(data: Path, cache: Path, weights: Path) -> list[str]:

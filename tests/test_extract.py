@@ -31,16 +31,6 @@ CLASSES = {"토마토": 6, "호박": 5, "수박": 5}
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    """VGG16 conv weights saved by the test itself (seeded), as a user's local .h5 would be."""
-    keras.utils.set_random_seed(1234)
-    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
-    model.save_weights(path)
-    return path
-
-
 @pytest.fixture
 def photos(tmp_path) -> Path:
     return make_class_folders(tmp_path / "photos", CLASSES)
