@@ -35,7 +35,8 @@ def leakage_notes(cache: FeatureCache, splits: np.ndarray, threshold: float = du
         if len(rows):
             examples = ", ".join(cache.paths[i] for i in rows[:3])
             notes.append(
-                f"warning: {len(rows)} {split} images have a near-duplicate in train (cosine >= {threshold}; e.g. {examples}): "
+                f"warning: {len(rows)} {split} {'image has' if len(rows) == 1 else 'images have'} a near-duplicate in train "
+                f"(cosine >= {threshold}; e.g. {examples}): "
                 f"{split} scores are inflated; `pipeline audit {cache.path}` lists them"
             )
     return notes
