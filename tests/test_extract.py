@@ -193,8 +193,11 @@ def test_a_second_writer_is_refused(photos, tmp_path, weights_file):
 
 
 def run_cli(*args: str) -> subprocess.Popen:
+    """``python -m pipeline ARGS`` with Ctrl-C handled as in a terminal, even when the tests run in the
+    background (where the shell starts them with SIGINT ignored, and children inherit that)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
