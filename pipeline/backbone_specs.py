@@ -66,6 +66,3 @@ def cpu_flags() -> frozenset[str]:
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return frozenset(line.partition(":")[2].split())
 
-
-def cpu_has_amx() -> bool:
-    return "amx_bf16" in cpu_flags()

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from pipeline.backbones import CastTo
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, check_output_file
 from pipeline.predict import RunModel
 
 # Pillow's filters by the names keras.layers.Resizing knows.
@@ -91,8 +91,7 @@ def export(model: RunModel, out: str | Path) -> Path:
     out = Path(out)
     if out.suffix != ".keras":
         raise PipelineError(f"{out}: the exported file must end in .keras; pass e.g. {out.with_suffix('.keras')}")
-    if not out.resolve().parent.is_dir():
-        raise PipelineError(f"{out}: folder {out.resolve().parent} does not exist; create it or choose another path")
+    check_output_file(out, "OUT")
     serving = build_serving_model(model)
     tmp = out.with_name(out.stem + ".tmp.keras")
     serving.save(tmp)
