@@ -46,7 +46,7 @@ from pipeline import progress
 from pipeline.backbone_specs import check_backbone, cpu_flags, weights_path
 from pipeline.errors import PipelineError
 from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec, skip_conditions
-from pipeline.loader import LoadTask, iter_batches
+from pipeline.loader import LoadTask, iter_batches, resolve_decoder
 from pipeline.sources import Dataset, discover
 from pipeline.versions import library_versions
 
@@ -70,6 +70,7 @@ class ExtractOptions:
     interpolation: str = "bilinear"
     max_pixels: int | None = None
     workers: int | None = None
+    decoder: str = "auto"
     seed: int = 0
     force: bool = False
     prune: bool = False
@@ -119,6 +120,7 @@ def _check_options(options: ExtractOptions) -> None:
     if options.image_size < 1:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
+    resolve_decoder(options.decoder, options.workers or 1)
     cache = Path(options.cache)
     if cache.is_dir() and (not options.force or any(cache.iterdir())):
         raise PipelineError(f"--cache {cache}: is a folder, not a cache file; pass a file path, e.g. {cache / 'features.h5'}")
@@ -285,7 +287,7 @@ def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: Extract
     started = time.perf_counter()
     writer = _ShardWriter(Path(options.cache), recipe)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
-    batches = iter_batches(plan.todo, spec, options.batch_size, options.workers)
+    batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
     try:
         with progress.bar("extracting", total=len(plan.todo)) as advance:
             for batch in batches:
@@ -343,7 +345,7 @@ def _request_fingerprint(options: ExtractOptions) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_NOT_IN_REQUEST = ("data", "cache", "workers", "force", "prune", "batch_size")
+_NOT_IN_REQUEST = ("data", "cache", "workers", "decoder", "force", "prune", "batch_size")
 
 
 def _installed_version(package: str) -> str:

@@ -28,7 +28,11 @@ def register(subparsers) -> None:
     parser.add_argument("--resize", default="stretch", choices=("stretch", "crop"), help="stretch to the square (Keras default) or centre-crop")
     parser.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic", "lanczos", "nearest", "area"))
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (decompression-bomb guard)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core)")
+    parser.add_argument(
+        "--decoder", default="auto", choices=("auto", "threads", "processes"),
+        help="decode in threads or in processes writing to shared memory; auto: threads below 8 workers",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights none")
     parser.add_argument("--force", action="store_true", help="rebuild a cache made with other settings")
     parser.add_argument(
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             interpolation=args.interpolation,
             max_pixels=args.max_pixels,
             workers=args.workers,
+            decoder=args.decoder,
             seed=args.seed,
             force=args.force,
             prune=args.prune,
