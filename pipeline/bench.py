@@ -149,14 +149,15 @@ def _bare_model(settings: Settings, result: Path) -> None:
 
     started = time.perf_counter()
     backbone = build_backbone(weights="none", image_size=settings.size, precision=settings.precision)
+    backbone.expect(settings.n)  # the step extract would use for this many images
     built = time.perf_counter()
-    batch = np.random.default_rng(0).integers(0, 256, (settings.batch, settings.size, settings.size, 3), dtype=np.uint8)
-    np.asarray(backbone.predict(batch))
+    batch = backbone.to_device(np.random.default_rng(0).integers(0, 256, (settings.batch, settings.size, settings.size, 3), dtype=np.uint8))
+    backbone.to_numpy(backbone.predict(batch))
     warm = time.perf_counter()
-    # JAX returns arrays still being computed; waiting for them at the end lets batches overlap as in extract
+    # device-resident input; JAX and PyTorch on a GPU return unfinished results, awaited at the end
     outputs = [backbone.predict(batch) for _ in range(math.ceil(settings.n / settings.batch))]
     for output in outputs:
-        np.asarray(output)
+        backbone.to_numpy(output)
     done = time.perf_counter()
     _write_result(result, {
         "seconds": done - warm,
@@ -164,21 +165,33 @@ def _bare_model(settings: Settings, result: Path) -> None:
         "build_seconds": built - started,
         "first_batch_seconds": warm - built,
         "precision": backbone.precision,
+        "step": backbone.step_name,
         "versions": library_versions(),
     })
 
 
 def _decode_only(settings: Settings, data: Path, result: Path) -> None:
-    """The other ceiling: the project's loader from files to uint8 batches, no model."""
+    """The other ceiling: the project's loader from files to uint8 batches, no model.
+
+    First as ``extract`` runs it (``--decoder auto``, a worker per core), then threads and
+    processes at 1, 2, ... workers, start-up included, so the per-worker rate can be projected.
+    """
     from pipeline.images import ResizeSpec
-    from pipeline.loader import LoadTask, iter_batches
+    from pipeline.loader import LoadTask, default_workers, iter_batches, resolve_decoder
     from pipeline.sources import discover
 
     found = discover(data)
     tasks = [LoadTask(entry.path, found.absolute(entry)) for entry in found.entries]
-    started = time.perf_counter()
-    images = sum(batch.count for batch in iter_batches(tasks, ResizeSpec(settings.size), settings.batch))
-    _write_result(result, {"seconds": time.perf_counter() - started, "images": images})
+
+    def timed(decoder: str, workers: int) -> dict:
+        started = time.perf_counter()
+        images = sum(b.count for b in iter_batches(tasks, ResizeSpec(settings.size), settings.batch, workers, decoder=decoder))
+        return {"decoder": decoder, "workers": workers, "seconds": time.perf_counter() - started, "images": images}
+
+    cores = default_workers()
+    default = timed("auto", cores)
+    scaling = [timed(decoder, workers) for decoder in ("threads", "processes") for workers in sorted({1, 2, cores // 2, cores} - {0})]
+    _write_result(result, {**default, "decoder": resolve_decoder("auto", cores), "scaling": scaling})
 
 
 def _handwritten_batches(data: Path, size: int, batch: int) -> tuple[str, Iterator[tuple[np.ndarray, np.ndarray]]]:
@@ -388,12 +401,16 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
     bare, process = child_stage("bare", settings, data)
     facts.update(precision=bare["precision"], versions=bare["versions"])
     stages.append(Stage("1 bare model (in-memory tensors)", bare["images"], bare["seconds"], process.wall,
-                        process.peak_rss_mib, note=f"after {bare['build_seconds']:.1f} s build, "
+                        process.peak_rss_mib, note=f"{bare['step']}, after {bare['build_seconds']:.1f} s build, "
                         f"{bare['first_batch_seconds']:.1f} s first batch", details=bare))
 
     decoded, process = child_stage("decode", settings, data)
-    stages.append(Stage("2 decode only (loader, no model)", decoded["images"], decoded["seconds"], process.wall,
-                        process.peak_rss_mib))
+    stages.append(Stage(f"2 decode only ({decoded['decoder']} x {decoded['workers']}, no model)", decoded["images"],
+                        decoded["seconds"], process.wall, process.peak_rss_mib, details=decoded))
+    for row in decoded["scaling"]:
+        rate = row["images"] / row["seconds"]
+        stages.append(Stage(f"2a   {row['decoder']} x {row['workers']}", row["images"], row["seconds"], process.wall,
+                            process.peak_rss_mib, note=f"{rate / row['workers']:.0f} img/s per worker, start-up included"))
 
     cache = settings.out / "cache.h5"
     fresh(cache)

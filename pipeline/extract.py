@@ -230,11 +230,13 @@ def _same_content(path: str, expected_hash: str) -> bool:
 
 
 class _ShardWriter:
-    """Writes each finished batch as a shard on a background thread, off the model's critical path."""
+    """Brings each batch's features to the host, checks them and writes them as a shard, on a
+    background thread: the model's loop never waits for a copy, a check or a disk."""
 
-    def __init__(self, cache_path: Path, recipe: schema.Recipe) -> None:
+    def __init__(self, cache_path: Path, recipe: schema.Recipe, backbone: Backbone) -> None:
         self._cache_path = cache_path
         self._recipe = recipe
+        self._backbone = backbone
         self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -246,18 +248,25 @@ class _ShardWriter:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    features, records, skipped = item
-                    self._needed = 2 * np.asarray(features).nbytes + (1 << 20)  # the shard, and the index after it
-                    path = new_shard_path(self._cache_path)
-                    write_shard(path, self._recipe, np.asarray(features), records, skipped)
-                    self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
-                    checkpoint("shard-written")
+                    self._write(*item)
                 except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
                     self._error = error
 
-    def put(self, features, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
+    def _write(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
+        if count:
+            host = self._backbone.to_numpy(features)[:count]
+            _check_finite(host, records)
+        else:
+            host = np.zeros((0, *self._backbone.feature_shape), dtype=self._recipe.storage_dtype)
+        self._needed = 2 * host.nbytes + (1 << 20)  # the shard, and the index after it
+        path = new_shard_path(self._cache_path)
+        write_shard(path, self._recipe, host, records, skipped)
+        self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
+        checkpoint("shard-written")
+
+    def put(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         self._raise_if_failed()
-        self._queue.put((features, records, skipped))
+        self._queue.put((features, count, records, skipped))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -285,18 +294,16 @@ def _check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
 def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe) -> tuple[list[Shard], float]:
     """Run the model over ``plan.todo`` into new shards; returns them and the seconds it took."""
     started = time.perf_counter()
-    writer = _ShardWriter(Path(options.cache), recipe)
+    writer = _ShardWriter(Path(options.cache), recipe, backbone)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
+    backbone.expect(len(plan.todo))
     batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
     try:
         with progress.bar("extracting", total=len(plan.todo)) as advance:
             for batch in batches:
-                if batch.count:
-                    features = backbone.predict(batch.images)[: batch.count]
-                    _check_finite(np.asarray(features), batch.records)
-                else:
-                    features = np.zeros((0, *backbone.feature_shape), dtype=options.storage_dtype)
-                writer.put(features, batch.records, batch.skipped)
+                # dispatched, not awaited: the next batch is decoded and sent while this one runs
+                features = backbone.predict(backbone.to_device(batch.images)) if batch.count else None
+                writer.put(features, batch.count, batch.records, batch.skipped)
                 advance(batch.count + len(batch.skipped))
     finally:
         writer.close()

@@ -138,7 +138,7 @@ def run_predict(
     for batch in iter_batches(tasks, spec, batch_size, workers):
         skipped.extend(batch.skipped)
         if batch.count:
-            features = model.backbone.predict(batch.images)[: batch.count]
+            features = model.backbone.features(batch.images)[: batch.count]
             parts.append(model.probabilities(features))
             paths.extend(record.path for record in batch.records)
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(model.class_names)))

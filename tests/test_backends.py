@@ -92,3 +92,22 @@ def test_backend_matches_tensorflow(backend, reference):
     paths = sorted(tf_predictions)[:10]
     out = run_under(backend, "-c", check, f"{backend}.keras", *(str(root / p) for p in paths), cwd=root)
     assert eval(out.strip().splitlines()[-1]) == [int(tf_predictions[p].argmax()) for p in paths]  # noqa: S307 - our own list
+
+
+def test_compiled_torch_step_matches_eager(reference):
+    """Jobs of TORCH_COMPILE_FROM_IMAGES images or more run through torch.compile: same features."""
+    if not backend_installed("torch"):
+        pytest.skip("torch is not installed here; `make setup-backends` adds it")
+    check = (
+        "import sys, numpy as np\n"
+        "from pipeline.backbones import TORCH_COMPILE_FROM_IMAGES, build_backbone\n"
+        "backbone = build_backbone(weights=sys.argv[1], image_size=32, precision='float32')\n"
+        "images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)\n"
+        "eager = backbone.features(images)\n"
+        "backbone.expect(TORCH_COMPILE_FROM_IMAGES)\n"
+        "compiled = backbone.features(images)\n"
+        "assert backbone.step_name == 'torch.compile', backbone.step_name\n"
+        "np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3 * float(np.abs(eager).max()))\n"
+        "print('ok')\n"
+    )
+    assert run_under("torch", "-c", check, str(reference / "vgg16.weights.h5"), cwd=reference).strip().endswith("ok")
