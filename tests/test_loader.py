@@ -96,3 +96,17 @@ def test_auto_picks_threads_on_few_cores_and_processes_on_many() -> None:
     assert resolve_decoder("processes", 1) == "processes"
     with pytest.raises(PipelineError, match="unknown decoder 'gpus'"):
         resolve_decoder("gpus", 2)
+
+
+def test_extract_with_decoding_processes_writes_the_same_cache(digits_dir: Path, digits_cache: Path, tmp_path: Path) -> None:
+    import h5py
+
+    from pipeline.extract import ExtractOptions, run_extract
+
+    cache = tmp_path / "processes.h5"
+    run_extract(ExtractOptions(data=str(digits_dir), cache=str(cache), weights="none", image_size=32,
+                               decoder="processes", workers=2))
+    with h5py.File(digits_cache) as threads, h5py.File(cache) as processes:
+        assert list(processes["paths"].asstr()[()]) == list(threads["paths"].asstr()[()])
+        np.testing.assert_array_equal(processes["features"][()], threads["features"][()])
+        assert processes.attrs["identity"] == threads.attrs["identity"]
