@@ -14,8 +14,10 @@ import collections
 import dataclasses
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -84,12 +86,21 @@ _memory: shared_memory.SharedMemory | None = None
 
 
 def _attach(name: str, shape: tuple[int, ...], budget_bytes: int) -> None:
-    """Worker start-up: map the shared slots; Ctrl-C is the parent's to handle."""
+    """Worker start-up: map the shared slots; Ctrl-C is the parent's to handle, and a parent
+    that is killed takes its workers with it (then the resource tracker frees the block)."""
     global _slots, _budget, _memory
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
     _memory = shared_memory.SharedMemory(name=name)  # spawned children share the parent's resource tracker
     _slots = np.ndarray(shape, dtype=np.uint8, buffer=_memory.buf)
     _budget = DecodeBudget(budget_bytes)
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(1)
 
 
 def _load_into_slots(tasks: list[LoadTask], spec: ResizeSpec, first_slot: int, window: int) -> list[FileRecord | SkippedFile]:

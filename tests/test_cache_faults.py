@@ -13,10 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 from image_factory import make_class_folders, photo, save
 from test_extract import assert_same_cache, cli_args, options, snapshot
@@ -107,6 +109,29 @@ def test_sigkill_at_every_phase(point, data, reference, weights_file, tmp_path, 
         (data / "a" / "extra.png").unlink()
     assert_recovers(data, cache, weights_file, reference, capsys)
     assert sorted(p.name for p in schema.shards_dir(cache).iterdir() if not p.name.startswith("shard-")) == []
+
+
+def _spawned_workers(since: float) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
+        if process.info["create_time"] >= since and "spawn_main" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_sigkill_with_decoding_processes_leaves_no_workers_and_resumes(data, reference, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    started = time.time() - 1
+    env = {**os.environ, "PIPELINE_KILL_AT": "shard-written:2"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args(data, cache, weights_file), "--decoder", "processes", "--workers", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _, alive = psutil.wait_procs(_spawned_workers(started), timeout=15)
+    assert not alive, "decoding processes outlived the killed run"
+    assert len(list(schema.shards_dir(cache).glob("shard-*.h5"))) == 2
+    assert_recovers(data, cache, weights_file, reference, capsys)
 
 
 def damage(path: Path, how: str) -> None:
