@@ -22,6 +22,7 @@ def print_extract_report(report: ExtractReport) -> None:
         f"{report.cache}: {report.n_images} images in {report.n_classes} classes, {state} "
         f"({report.extracted} extracted, {report.kept} kept, {report.removed} removed, "
         f"{len(report.skipped)} skipped) in {report.seconds:.1f} s{rate}"
+        + (f"; {report.model_seconds:.1f} s of it loading Keras and the model" if report.model_seconds else "")
     )
     for item in report.skipped:
         console.print(f"  skipped {item.path}: {item.reason}")
