@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from pipeline.backbones import Backbone
 
 STORAGE_DTYPES = ("float16", "float32")
+ENGINES = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,10 @@ class ExtractOptions:
     max_pixels: int | None = None
     workers: int | None = None
     decoder: str = "auto"
+    engine: str = "local"
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+    write_shards: str = "auto"
     seed: int = 0
     force: bool = False
     prune: bool = False
@@ -122,6 +128,12 @@ def _check_options(options: ExtractOptions) -> None:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
     resolve_decoder(options.decoder, options.workers or 1)
+    if options.engine not in ENGINES:
+        raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
+    if options.engine == "ray":
+        from pipeline.distributed import check_ray_options
+
+        check_ray_options(options)
     cache = Path(options.cache)
     if cache.is_dir() and (not options.force or any(cache.iterdir())):
         raise PipelineError(f"--cache {cache}: is a folder, not a cache file; pass a file path, e.g. {cache / 'features.h5'}")
@@ -234,10 +246,13 @@ class _ShardWriter:
     """Brings each batch's features to the host, checks them and writes them as a shard, on a
     background thread: the model's loop never waits for a copy, a check or a disk."""
 
-    def __init__(self, cache_path: Path, recipe: schema.Recipe, backbone: Backbone) -> None:
+    def __init__(
+        self, cache_path: Path, recipe: schema.Recipe, feature_shape: tuple[int, ...], to_numpy: Callable[[object], np.ndarray]
+    ) -> None:
         self._cache_path = cache_path
         self._recipe = recipe
-        self._backbone = backbone
+        self._feature_shape = feature_shape
+        self._to_numpy = to_numpy
         self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -255,10 +270,10 @@ class _ShardWriter:
 
     def _write(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         if count:
-            host = self._backbone.to_numpy(features)[:count]
+            host = self._to_numpy(features)[:count]
             _check_finite(host, records)
         else:
-            host = np.zeros((0, *self._backbone.feature_shape), dtype=self._recipe.storage_dtype)
+            host = np.zeros((0, *self._feature_shape), dtype=self._recipe.storage_dtype)
         self._needed = 2 * host.nbytes + (1 << 20)  # the shard, and the index after it
         path = new_shard_path(self._cache_path)
         write_shard(path, self._recipe, host, records, skipped)
@@ -295,7 +310,7 @@ def _check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
 def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe) -> tuple[list[Shard], float]:
     """Run the model over ``plan.todo`` into new shards; returns them and the seconds it took."""
     started = time.perf_counter()
-    writer = _ShardWriter(Path(options.cache), recipe, backbone)
+    writer = _ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(plan.todo))
     batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
@@ -353,7 +368,9 @@ def _request_fingerprint(options: ExtractOptions) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_NOT_IN_REQUEST = ("data", "cache", "workers", "decoder", "force", "prune", "batch_size")
+_NOT_IN_REQUEST = (
+    "data", "cache", "workers", "decoder", "force", "prune", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
+)
 
 
 def _installed_version(package: str) -> str:
@@ -460,7 +477,12 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         extract_seconds = 0.0
         new: list[Shard] = []
         if plan.todo:
-            new, extract_seconds = _extract(backbone, plan, spec, options, recipe)
+            if options.engine == "ray":
+                from pipeline.distributed import extract_on_ray
+
+                new, extract_seconds = extract_on_ray(backbone, plan.todo, spec, options, recipe)
+            else:
+                new, extract_seconds = _extract(backbone, plan, spec, options, recipe)
             todo = {task.path for task in plan.todo}
             for shard in new:
                 for index, record in enumerate(shard.records):

@@ -28,12 +28,20 @@ def register(subparsers) -> None:
     parser.add_argument("--resize", default="stretch", choices=("stretch", "crop"), help="stretch to the square (Keras default) or centre-crop")
     parser.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic", "lanczos", "nearest", "area"))
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (decompression-bomb guard)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core); with --engine ray, model workers (default 1)")
     parser.add_argument(
         "--decoder", default="auto", choices=("auto", "threads", "processes"),
         help="decode in threads or in processes writing to shared memory; auto: threads below 8 workers",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights none")
+    cluster = parser.add_argument_group("on a Ray cluster (pip install 'cnn-codes-pipeline[distributed]')")
+    cluster.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray")
+    cluster.add_argument("--address", default=None, help="Ray cluster to join: auto (the one `ray start` made) or ray://host:port; default: start a local one")
+    cluster.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each model worker holds (default 0)")
+    cluster.add_argument(
+        "--write-shards", default="auto", choices=("auto", "workers", "driver"),
+        help="who writes shards: workers that can see the cache's folder (auto), always workers, or the driver",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild a cache made with other settings")
     parser.add_argument(
         "--prune", action="store_true",
@@ -64,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             workers=args.workers,
             decoder=args.decoder,
+            engine=args.engine,
+            address=args.address,
+            gpus_per_worker=args.gpus_per_worker,
+            write_shards=args.write_shards,
             seed=args.seed,
             force=args.force,
             prune=args.prune,

@@ -1,0 +1,251 @@
+"""``extract --engine ray``: the same stage one on a Ray cluster, written as the same shards.
+
+Ray Data runs it. The planner's list of new and changed images becomes a dataset;
+decoding runs as CPU tasks with the loader's own per-file function; the backbone runs
+in actors built by the same builder with the driver's weights and precision (an actor
+whose weights hash differently refuses to run); each finished batch becomes one shard.
+An actor that can see the cache's shard folder (it finds the random token the driver
+left there) writes its shards itself and sends back only their names; an actor that
+cannot sends the features back, and the driver writes them. The driver then commits one
+index, as a single-machine run does; a killed run leaves shards the next run adopts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features_cache import schema
+from features_cache.faults import checkpoint
+from features_cache.records import FileRecord, SkippedFile
+from features_cache.shards import Shard, new_shard_path, open_shard, write_shard
+from pipeline import progress
+from pipeline.errors import PipelineError
+from pipeline.images import ResizeSpec, default_budget
+from pipeline.loader import LoadTask, _load
+
+if TYPE_CHECKING:
+    from pipeline.backbones import Backbone
+    from pipeline.extract import ExtractOptions
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'cnn-codes-pipeline[distributed]' (or `make setup-distributed`)"
+WRITE_SHARDS = ("auto", "workers", "driver")
+PROBE_PREFIX = ".ray-probe.tmp-"  # a name the next run's clean-up of temporaries removes if this run dies
+
+
+def import_ray():
+    """Ray, or one line saying how to install it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise PipelineError(INSTALL_HINT) from None
+    return ray
+
+
+def check_ray_options(options: ExtractOptions) -> None:
+    import_ray()
+    if options.gpus_per_worker < 0:
+        raise PipelineError(f"--gpus-per-worker must be 0 or more, got {options.gpus_per_worker}")
+    if options.write_shards not in WRITE_SHARDS:
+        raise PipelineError(f"unknown --write-shards {options.write_shards!r}; use one of {', '.join(WRITE_SHARDS)}")
+
+
+# ---------------------------------------------------------------- on the workers
+
+
+def decode_block(batch: dict[str, np.ndarray], spec: ResizeSpec) -> dict[str, np.ndarray]:
+    """A Ray Data task: files to uint8 arrays with the single-machine loader's function.
+
+    ``outcome`` holds each file's pickled :class:`FileRecord`, or :class:`SkippedFile` with
+    the same reason a single machine would give.
+    """
+    budget = default_budget()
+    paths, absolutes = batch["path"], batch["absolute"]
+    pixels = np.zeros((len(paths), spec.size, spec.size, 3), dtype=np.uint8)
+    outcomes = np.empty(len(paths), dtype=object)
+    for i, (path, absolute) in enumerate(zip(paths, absolutes)):
+        image, record = _load(LoadTask(str(path), str(absolute)), spec, budget)
+        if image is not None:
+            pixels[i] = image
+        outcomes[i] = pickle.dumps(record)
+    return {"pixels": pixels, "outcome": outcomes}
+
+
+class FeatureActor:
+    """A Ray Data actor holding the backbone; one fixed-shape batch in, one shard (or its features) out."""
+
+    def __init__(self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str) -> None:
+        from pipeline.backbones import build_backbone
+
+        self.recipe = schema.Recipe.from_attrs(recipe)
+        self.backbone = build_backbone(**build)
+        if (self.backbone.weights_sha256, self.backbone.precision) != (self.recipe.weights_sha256, self.recipe.precision):
+            raise PipelineError(
+                f"worker {socket.gethostname()}: its {build['weights']} weights or precision differ from the driver's; "
+                "give every machine the same weights file (or ~/.keras/models) and Keras backend"
+            )
+        self.cache = Path(cache)
+        self.batch_size = batch_size
+        self.writes = write_shards == "workers" or (write_shards == "auto" and _sees_token(self.cache, token))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outcomes = [pickle.loads(item) for item in batch["outcome"]]
+        readable = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, FileRecord)]
+        records = [outcomes[i] for i in readable]
+        skipped = [outcome for outcome in outcomes if isinstance(outcome, SkippedFile)]
+        features = self._features(batch["pixels"][readable], records)
+        if self.writes:
+            path = new_shard_path(self.cache)
+            write_shard(path, self.recipe, features, records, skipped)
+            shard, payload = str(path), b""
+        else:
+            shard, payload = "", pickle.dumps((features, records, skipped))
+        return {"shard": np.array([shard]), "payload": np.array([payload], dtype=object), "files": np.array([len(outcomes)])}
+
+    def _features(self, images: np.ndarray, records: list[FileRecord]) -> np.ndarray:
+        """Padded to the fixed batch shape, as on one machine, so the compiled step never retraces."""
+        from pipeline.extract import _check_finite
+
+        shape = self.backbone.feature_shape
+        parts = [np.zeros((0, *shape), dtype=self.recipe.storage_dtype)]
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            padded = np.zeros((self.batch_size, *chunk.shape[1:]), dtype=np.uint8)
+            padded[: len(chunk)] = chunk
+            parts.append(self.backbone.features(padded)[: len(chunk)])
+        features = np.concatenate(parts)
+        if len(features):
+            _check_finite(features, records)
+        return features
+
+
+def _sees_token(cache: Path, token: str) -> bool:
+    try:
+        return (schema.shards_dir(cache) / f"{PROBE_PREFIX}{token}").read_text() == token
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- on the driver
+
+
+def extract_on_ray(
+    backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
+) -> tuple[list[Shard], float]:
+    """Run ``todo`` through Ray Data into shards; returns them (verified) and the seconds it took."""
+    from pipeline.extract import _ShardWriter
+
+    ray = import_ray()
+    started = time.perf_counter()
+    cache = Path(options.cache)
+    folder = schema.shards_dir(cache)
+    folder.mkdir(exist_ok=True)
+    token = secrets.token_hex(16)
+    probe = folder / f"{PROBE_PREFIX}{token}"
+    probe.write_text(token)
+    writer = _ShardWriter(cache, recipe, backbone.feature_shape, np.asarray)
+    adopted: list[Shard] = []
+    try:
+        with _cluster(ray, options):
+            outputs = _dataset(ray, todo, spec, options, recipe, token).iter_batches(batch_size=None, batch_format="numpy")
+            with progress.bar("extracting on ray", total=len(todo)) as advance, _worker_errors(ray):
+                for block in outputs:
+                    for shard, payload, files in zip(block["shard"], block["payload"], block["files"]):
+                        if shard:
+                            adopted.append(_verified(Path(str(shard)), recipe))
+                            checkpoint("shard-written")
+                        else:
+                            features, records, skipped = pickle.loads(payload)
+                            writer.put(features, len(records), records, skipped)
+                        advance(int(files))
+    finally:
+        writer.close()
+        probe.unlink(missing_ok=True)
+    return adopted + writer.written, time.perf_counter() - started
+
+
+def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, token: str):
+    workers = options.workers or 1
+    items = [{"path": task.path, "absolute": task.absolute} for task in todo]
+    blocks = max(1, min(len(items) // options.batch_size, 4 * workers * 8))
+    build = {
+        "name": options.backbone, "weights": options.weights, "image_size": options.image_size,
+        "precision": recipe.precision, "storage_dtype": options.storage_dtype, "seed": options.seed,
+    }
+    actor = {
+        "build": build, "recipe": recipe.to_attrs(), "cache": str(Path(options.cache).resolve()),
+        "batch_size": options.batch_size, "write_shards": options.write_shards, "token": token,
+    }
+    return (
+        ray.data.from_items(items, override_num_blocks=blocks)
+        .map_batches(decode_block, batch_size=options.batch_size, batch_format="numpy", fn_kwargs={"spec": spec}, num_cpus=1)
+        .map_batches(
+            FeatureActor,
+            fn_constructor_kwargs=actor,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            num_gpus=options.gpus_per_worker or None,
+            # the model's own threads use the node's cores; a GPU actor needs one core to feed it
+            num_cpus=1 if options.gpus_per_worker else 0.25,
+        )
+    )
+
+
+def _verified(path: Path, recipe: schema.Recipe) -> Shard:
+    try:
+        return open_shard(path, recipe, read_features=True)
+    except ValueError as error:
+        raise PipelineError(f"{path}: a worker's shard failed its check ({error}); run again to redo it") from None
+
+
+@contextlib.contextmanager
+def _cluster(ray, options: ExtractOptions) -> Iterator[None]:
+    """Join ``--address`` (``auto``: the cluster ``ray start`` made), or start a local one; quiet either way."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        yield
+        return
+    runtime_env = {"env_vars": {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}}
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "runtime_env": runtime_env}
+    try:
+        if options.address:
+            ray.init(address=options.address, **quiet)
+        else:
+            ray.init(include_dashboard=False, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = options.address or "a local cluster"
+        raise PipelineError(f"cannot start Ray on {where} ({str(error).splitlines()[0]}); check --address") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _worker_errors(ray) -> Iterator[None]:
+    """A worker's PipelineError (or any failure) as one line on the driver, not Ray's traceback."""
+    try:
+        yield
+    except ray.exceptions.RayError as error:
+        cause = error
+        while getattr(cause, "cause", None) is not None or cause.__cause__ is not None:
+            cause = getattr(cause, "cause", None) or cause.__cause__
+            if isinstance(cause, PipelineError):
+                raise PipelineError(str(cause)) from None
+        last = [line for line in str(error).splitlines() if line.strip()][-1:] or [type(error).__name__]
+        raise PipelineError(f"a Ray worker failed: {last[0].strip()[:300]}") from None
