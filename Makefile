@@ -13,6 +13,7 @@ PRECISION ?= auto
 STORAGE ?= float16
 BACKBONE ?= vgg16
 EXTRACT_FLAGS ?=
+ENGINE ?= local
 
 .PHONY: setup demo extract info test lint clean bench system-packages
 
@@ -31,6 +32,12 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: setup-backends
 setup-backends: setup
 	$(PY) -m pip install --quiet "jax>=0.4.30" "$(TORCH_SPEC)"
+
+# Ray beside the rest: `make extract ENGINE=ray` and `make bench ENGINE=ray` then work, and the tests run
+# tests/test_distributed.py on a local Ray.
+.PHONY: setup-distributed
+setup-distributed: setup
+	$(PY) -m pip install --quiet -e ".[$(BACKEND_EXTRA),dev,distributed]"
 
 # The tests render report pages in headless Chromium and read the cache with HDF5's own h5dump and
 # h5ls: installed with the system's package manager where this user may (root, or sudo without a
@@ -56,7 +63,7 @@ demo: setup
 extract: setup
 	mkdir -p $(dir $(CACHE))
 	$(PY) -m pipeline extract $(DATA) --cache $(CACHE) --backbone $(BACKBONE) --image-size $(IMAGE_SIZE) \
-		--batch-size $(BATCH) --weights $(WEIGHTS) --precision $(PRECISION) --storage $(STORAGE) $(EXTRACT_FLAGS)
+		--batch-size $(BATCH) --weights $(WEIGHTS) --precision $(PRECISION) --storage $(STORAGE) --engine $(ENGINE) $(EXTRACT_FLAGS)
 
 info: setup
 	$(PY) -m pipeline info $(CACHE)
@@ -76,9 +83,14 @@ BENCH_PRECISION ?= auto
 BENCH_BATCH ?= 32
 BENCH_OUT ?= bench-out
 
+# `make bench ENGINE=ray`: the single-machine engine against Ray with 1 and 2 workers, at 64 and BENCH_N images.
 bench: setup
+ifeq ($(ENGINE),ray)
+	$(PY) -m pipeline.ray_bench --n 64 $(BENCH_N) --size $(BENCH_SIZE) --batch $(BENCH_BATCH) --out $(BENCH_OUT)
+else
 	$(PY) -m pipeline.bench --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
 		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
+endif
 
 # A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
 # dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pickle
 import secrets
@@ -176,8 +177,8 @@ def extract_on_ray(
 
 
 def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, token: str):
-    workers = options.workers or 1
     items = [{"path": task.path, "absolute": task.absolute} for task in todo]
+    workers = min(options.workers or 1, math.ceil(len(items) / options.batch_size))  # no idle actors on small jobs
     blocks = max(1, min(len(items) // options.batch_size, 4 * workers * 8))
     build = {
         "name": options.backbone, "weights": options.weights, "image_size": options.image_size,
