@@ -58,6 +58,7 @@ ROW_INDEX = "row_index"
 ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 
 SPLITS = ("train", "val", "test")
+PILLOW = "pillow"
 CHUNK_TARGET_BYTES = 1 << 20
 
 
@@ -75,12 +76,18 @@ class Recipe:
     background: str
     precision: str
     storage_dtype: str
+    decoder: str = PILLOW  # what turned files into pixels: Pillow, or a device decoder (other pixels)
 
     def fingerprint(self) -> str:
-        """A short hash of the recipe and schema version, used as the cache's identity."""
-        payload = json.dumps(
-            {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}, sort_keys=True
-        )
+        """A short hash of the recipe and schema version, used as the cache's identity.
+
+        The decoder enters it only when it is not Pillow, so caches made before it was
+        recorded keep their identity.
+        """
+        fields = dataclasses.asdict(self)
+        if fields["decoder"] == PILLOW:
+            del fields["decoder"]
+        payload = json.dumps({"schema_version": SCHEMA_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def differences(self, other: Recipe) -> list[str]:
@@ -95,7 +102,10 @@ class Recipe:
     def from_attrs(cls, attrs) -> Recipe:
         values = {}
         for field in dataclasses.fields(cls):
-            value = attrs[f"recipe.{field.name}"]
+            key = f"recipe.{field.name}"
+            if key not in attrs and field.default is not dataclasses.MISSING:
+                continue  # written before the field existed: its default is what was used
+            value = attrs[key]
             values[field.name] = int(value) if field.type == "int" else str(value)
         return cls(**values)
 

@@ -164,7 +164,9 @@ def _torch_step(model: keras.Model, compile_torch: bool) -> ForwardStep:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     call = torch.compile(lambda x: model(x, training=False)) if compile_torch else lambda x: model(x, training=False)
 
-    def to_device(images: np.ndarray):
+    def to_device(images):
+        if isinstance(images, torch.Tensor):  # decoded on the device already
+            return images.to(device)
         tensor = torch.from_numpy(np.ascontiguousarray(images))
         return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 

@@ -127,7 +127,10 @@ def _check_options(options: ExtractOptions) -> None:
     if options.image_size < 1:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
-    resolve_decoder(options.decoder, options.workers or 1)
+    if options.decoder != "gpu":
+        resolve_decoder(options.decoder, options.workers or 1)
+    if options.decoder == "gpu" and options.engine == "ray":
+        raise PipelineError("--decoder gpu runs with the local engine; on Ray, workers decode on their CPUs")
     if options.engine not in ENGINES:
         raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
     if options.engine == "ray":
@@ -313,7 +316,12 @@ def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: Extract
     writer = _ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(plan.todo))
-    batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
+    if recipe.decoder == schema.PILLOW:
+        batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
+    else:
+        from pipeline.device_decode import iter_device_batches
+
+        batches = iter_device_batches(plan.todo, spec, options.batch_size, options.workers)
     try:
         with progress.bar("extracting", total=len(plan.todo)) as advance:
             for batch in batches:
@@ -360,6 +368,7 @@ def _request_fingerprint(options: ExtractOptions) -> str:
         **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
         "weights_file": str(weights_file) if weights_file else None,
         "weights_stamp": stamp,
+        "gpu_decoding": options.decoder == "gpu",  # threads or processes make the same pixels; the GPU does not
         "host": socket.gethostname(),
         "keras_backend": os.environ.get("KERAS_BACKEND", ""),
         "keras": _installed_version("keras"),
@@ -463,6 +472,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         background="rgb({},{},{})".format(*BACKGROUND),
         precision=backbone.precision,
         storage_dtype=options.storage_dtype,
+        decoder=_pixel_decoder(options, spec),
     )
     remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
     remove_temporaries(schema.shards_dir(cache_path))
@@ -526,6 +536,29 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         collect_garbage(cache_path, {cache_path.parent.resolve() / name for name, *_ in table})
     report = _report(cache_path, plan, class_names, rows, skipped, started, extract_seconds, written)
     return dataclasses.replace(report, notes=tuple(notes), model_seconds=model_seconds)
+
+
+def _pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
+    """What makes the pixels, for the recipe: Pillow, or the GPU decoder (``--decoder gpu``, or
+    ``auto`` on a CUDA machine where it runs, unless an existing cache was made with Pillow)."""
+    if options.decoder not in ("gpu", "auto") or options.engine != "local":
+        return schema.PILLOW
+    from pipeline import device_decode
+
+    reason = device_decode.unavailable(spec)
+    if options.decoder == "gpu":
+        if reason:
+            raise PipelineError(f"--decoder gpu: {reason}; or use --decoder auto")
+        return device_decode.decoder_label()
+    if reason or device_decode.device_name() != "cuda":
+        return schema.PILLOW
+    try:
+        with FeatureCache(options.cache) as cache:
+            if cache.recipe.decoder == schema.PILLOW and not options.force:
+                return schema.PILLOW  # a cache is never split between decoders by auto
+    except CacheError:
+        pass
+    return device_decode.decoder_label()
 
 
 def _auto_precision(options: ExtractOptions) -> tuple[str, list[str]]:

@@ -56,7 +56,10 @@ class PredictResult:
 def run_recipe(run_dir: Path, config: dict) -> Recipe:
     stored = config.get("cache", {}).get("recipe") or {}
     try:
-        return Recipe(**{field.name: stored[field.name] for field in dataclasses.fields(Recipe)})
+        return Recipe(**{
+            field.name: stored[field.name] for field in dataclasses.fields(Recipe)
+            if field.name in stored or field.default is dataclasses.MISSING
+        })
     except KeyError as missing:
         raise PipelineError(
             f"{run_dir / 'config.json'}: the cache recipe has no {missing}; train the run again with `python -m pipeline train`"

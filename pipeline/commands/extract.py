@@ -30,8 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (decompression-bomb guard)")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core); with --engine ray, model workers (default 1)")
     parser.add_argument(
-        "--decoder", default="auto", choices=("auto", "threads", "processes"),
-        help="decode in threads or in processes writing to shared memory; auto: threads below 8 workers",
+        "--decoder", default="auto", choices=("auto", "threads", "processes", "gpu"),
+        help="decode in threads, in processes writing to shared memory, or JPEGs on the GPU (torch backend, "
+        "torchvision); auto: the GPU where it runs, else threads below 8 workers",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights none")
     cluster = parser.add_argument_group("on a Ray cluster (pip install 'cnn-codes-pipeline[distributed]')")
