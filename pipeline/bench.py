@@ -191,7 +191,26 @@ def _decode_only(settings: Settings, data: Path, result: Path) -> None:
     cores = default_workers()
     default = timed("auto", cores)
     scaling = [timed(decoder, workers) for decoder in ("threads", "processes") for workers in sorted({1, 2, cores // 2, cores} - {0})]
-    _write_result(result, {**default, "decoder": resolve_decoder("auto", cores), "scaling": scaling})
+    device = _device_decode(tasks, settings)
+    _write_result(result, {**default, "decoder": resolve_decoder("auto", cores), "scaling": scaling, "device": device})
+
+
+def _device_decode(tasks: list, settings: Settings) -> dict | None:
+    """JPEGs decoded and resized on the GPU (``--decoder gpu``), where torchvision and CUDA are there."""
+    from pipeline.images import ResizeSpec
+
+    spec = ResizeSpec(settings.size)
+    try:
+        from pipeline import device_decode
+
+        if device_decode.unavailable(spec):
+            return None
+    except ImportError:
+        return None
+    device_decode.iter_device_batches(tasks[: settings.batch], spec, settings.batch).__next__()  # CUDA and nvJPEG start-up
+    started = time.perf_counter()
+    images = sum(batch.count for batch in device_decode.iter_device_batches(tasks, spec, settings.batch))
+    return {"decoder": device_decode.decoder_label(), "seconds": time.perf_counter() - started, "images": images}
 
 
 def _handwritten_batches(data: Path, size: int, batch: int) -> tuple[str, Iterator[tuple[np.ndarray, np.ndarray]]]:
@@ -409,6 +428,10 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
     decoded, process = child_stage("decode", settings, data)
     stages.append(Stage(f"2 decode only ({decoded['decoder']} x {decoded['workers']}, no model)", decoded["images"],
                         decoded["seconds"], process.wall, process.peak_rss_mib, details=decoded))
+    if decoded.get("device"):
+        row = decoded["device"]
+        stages.append(Stage(f"2b   on the device ({row['decoder']})", row["images"], row["seconds"], process.wall,
+                            process.peak_rss_mib, note="--decoder gpu: JPEGs decoded and resized there"))
     for row in decoded["scaling"]:
         rate = row["images"] / row["seconds"]
         stages.append(Stage(f"2a   {row['decoder']} x {row['workers']}", row["images"], row["seconds"], process.wall,
