@@ -28,7 +28,7 @@ from PIL import Image
 
 from features_cache.records import TRANSIENT, FileRecord, FileStamp, SkippedFile, content_hash
 from pipeline.images import DecodeBudget, ResizeSpec, default_budget
-from pipeline.loader import DecodedBatch, LoadTask, _load, default_workers
+from pipeline.loader import DecodedBatch, LoadTask, default_workers, load_file
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -95,7 +95,7 @@ def _read(task: LoadTask, spec: ResizeSpec, budget: DecodeBudget) -> _Read:
     # a JPEG cut short lacks its end marker: nvJPEG may fill the rest grey where Pillow refuses it
     if data.startswith(JPEG_MAGIC) and data.endswith(JPEG_END) and _plain_jpeg(data, spec):
         return _Read(task, data, FileRecord(task.path, content_hash(data), stamp), on_device=True)
-    return _Read(task, cpu_result=_load(task, spec, budget))
+    return _Read(task, cpu_result=load_file(task, spec, budget))
 
 
 def _plain_jpeg(data: bytes, spec: ResizeSpec) -> bool:
@@ -197,7 +197,7 @@ def _assemble(
     torch = decoder.torch
     on_device = [item for item in reads if item.on_device]
     decoded = dict(zip((id(item) for item in on_device), decoder.decode(on_device))) if on_device else {}
-    retries = {id(item): pool.submit(_load, item.task, spec, budget) for item in on_device if decoded[id(item)] is None}
+    retries = {id(item): pool.submit(load_file, item.task, spec, budget) for item in on_device if decoded[id(item)] is None}
     images = torch.zeros((batch_size, spec.size, spec.size, 3), dtype=torch.uint8, device=decoder.device)
     records: list[FileRecord] = []
     skipped: list[SkippedFile] = []

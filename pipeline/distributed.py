@@ -33,7 +33,7 @@ from features_cache.shards import Shard, new_shard_path, open_shard, write_shard
 from pipeline import progress
 from pipeline.errors import PipelineError
 from pipeline.images import ResizeSpec, default_budget
-from pipeline.loader import LoadTask, _load
+from pipeline.loader import LoadTask, load_file
 
 if TYPE_CHECKING:
     from pipeline.backbones import Backbone
@@ -76,7 +76,7 @@ def decode_block(batch: dict[str, np.ndarray], spec: ResizeSpec) -> dict[str, np
     pixels = np.zeros((len(paths), spec.size, spec.size, 3), dtype=np.uint8)
     outcomes = np.empty(len(paths), dtype=object)
     for i, (path, absolute) in enumerate(zip(paths, absolutes)):
-        image, record = _load(LoadTask(str(path), str(absolute)), spec, budget)
+        image, record = load_file(LoadTask(str(path), str(absolute)), spec, budget)
         if image is not None:
             pixels[i] = image
         outcomes[i] = pickle.dumps(record)
@@ -116,7 +116,7 @@ class FeatureActor:
 
     def _features(self, images: np.ndarray, records: list[FileRecord]) -> np.ndarray:
         """Padded to the fixed batch shape, as on one machine, so the compiled step never retraces."""
-        from pipeline.extract import _check_finite
+        from pipeline.extract import check_finite
 
         shape = self.backbone.feature_shape
         parts = [np.zeros((0, *shape), dtype=self.recipe.storage_dtype)]
@@ -127,7 +127,7 @@ class FeatureActor:
             parts.append(self.backbone.features(padded)[: len(chunk)])
         features = np.concatenate(parts)
         if len(features):
-            _check_finite(features, records)
+            check_finite(features, records)
         return features
 
 
@@ -145,7 +145,7 @@ def extract_on_ray(
     backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
 ) -> tuple[list[Shard], float]:
     """Run ``todo`` through Ray Data into shards; returns them (verified) and the seconds it took."""
-    from pipeline.extract import _ShardWriter
+    from pipeline.extract import ShardWriter
 
     ray = import_ray()
     started = time.perf_counter()
@@ -155,7 +155,7 @@ def extract_on_ray(
     token = secrets.token_hex(16)
     probe = folder / f"{PROBE_PREFIX}{token}"
     probe.write_text(token)
-    writer = _ShardWriter(cache, recipe, backbone.feature_shape, np.asarray)
+    writer = ShardWriter(cache, recipe, backbone.feature_shape, np.asarray)
     adopted: list[Shard] = []
     try:
         with _cluster(ray, options):

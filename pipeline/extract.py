@@ -245,7 +245,7 @@ def _same_content(path: str, expected_hash: str) -> bool:
         return False
 
 
-class _ShardWriter:
+class ShardWriter:
     """Brings each batch's features to the host, checks them and writes them as a shard, on a
     background thread: the model's loop never waits for a copy, a check or a disk."""
 
@@ -274,7 +274,7 @@ class _ShardWriter:
     def _write(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         if count:
             host = self._to_numpy(features)[:count]
-            _check_finite(host, records)
+            check_finite(host, records)
         else:
             host = np.zeros((0, *self._feature_shape), dtype=self._recipe.storage_dtype)
         self._needed = 2 * host.nbytes + (1 << 20)  # the shard, and the index after it
@@ -300,7 +300,7 @@ class _ShardWriter:
             raise self._error
 
 
-def _check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
+def check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
     """Refuse NaN or infinite features: they would poison every head trained on the cache."""
     bad = ~np.isfinite(features.reshape(len(features), -1)).all(axis=1)
     if bad.any():
@@ -313,7 +313,7 @@ def _check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
 def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe) -> tuple[list[Shard], float]:
     """Run the model over ``plan.todo`` into new shards; returns them and the seconds it took."""
     started = time.perf_counter()
-    writer = _ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy)
+    writer = ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(plan.todo))
     if recipe.decoder == schema.PILLOW:

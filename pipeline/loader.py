@@ -53,7 +53,8 @@ class LoadTask:
     absolute: str
 
 
-def _load(task: LoadTask, spec: ResizeSpec, budget: DecodeBudget) -> tuple[np.ndarray | None, FileRecord | SkippedFile]:
+def load_file(task: LoadTask, spec: ResizeSpec, budget: DecodeBudget) -> tuple[np.ndarray | None, FileRecord | SkippedFile]:
+    """One file's pixels and record, or ``None`` and why it was skipped: every decoder's CPU path."""
     try:
         stamp = FileStamp.of(task.absolute)
     except OSError as error:
@@ -106,7 +107,7 @@ def _exit_with(parent_sentinel: int) -> None:
 def _load_into_slots(tasks: list[LoadTask], spec: ResizeSpec, first_slot: int, window: int) -> list[FileRecord | SkippedFile]:
     records = []
     for offset, task in enumerate(tasks):
-        pixels, record = _load(task, spec, _budget)
+        pixels, record = load_file(task, spec, _budget)
         if pixels is not None:
             _slots[(first_slot + offset) % window] = pixels
         records.append(record)
@@ -151,7 +152,7 @@ class _ThreadPool:
         self._spec = spec
 
     def submit(self, sequence: int, tasks: list[LoadTask]) -> Future:
-        return self._executor.submit(_load, tasks[0], self._spec, self._budget)
+        return self._executor.submit(load_file, tasks[0], self._spec, self._budget)
 
     @staticmethod
     def results(sequence: int, result: tuple[np.ndarray | None, FileRecord | SkippedFile]) -> Iterator[tuple]:
