@@ -219,6 +219,7 @@ def _cluster(ray, options: ExtractOptions) -> Iterator[None]:
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
+        _check_resources(ray, options)
         yield
         return
     runtime_env = {"env_vars": {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}}
@@ -232,9 +233,21 @@ def _cluster(ray, options: ExtractOptions) -> Iterator[None]:
         where = options.address or "a local cluster"
         raise PipelineError(f"cannot start Ray on {where} ({str(error).splitlines()[0]}); check --address") from None
     try:
+        _check_resources(ray, options)
         yield
     finally:
         ray.shutdown()
+
+
+def _check_resources(ray, options: ExtractOptions) -> None:
+    """Refuse what the cluster cannot place: Ray would wait for the GPUs forever."""
+    needed = (options.workers or 1) * options.gpus_per_worker
+    present = ray.cluster_resources().get("GPU", 0)
+    if needed > present:
+        raise PipelineError(
+            f"--workers {options.workers or 1} x --gpus-per-worker {options.gpus_per_worker:g} needs {needed:g} GPUs, "
+            f"the Ray cluster has {present:g}; lower them, or add GPU nodes"
+        )
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from image_factory import cmyk_jpeg, exif_rotated_jpeg, photo, save, truncated_j
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed; `make setup-backends` adds it")
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed; `make setup-backends` adds it")
 
 
 def extract(data: Path, cache: Path, weights: Path, decoder: str, *extra: str) -> subprocess.CompletedProcess:
@@ -68,6 +68,7 @@ def read(cache: Path) -> dict:
                 "skipped": skipped, "decoder": str(f.attrs["recipe.decoder"])}
 
 
+@needs_torch
 def test_device_features_are_within_cosine_099_of_pillow(caches):
     device, pillow = read(caches["gpu"]), read(caches["threads"])
     assert device["paths"] == pillow["paths"] and len(device["paths"]) == 18
@@ -81,12 +82,14 @@ def test_device_features_are_within_cosine_099_of_pillow(caches):
     assert by_path["a/photo_0.jpg"] < 1.0 - 1e-6, "photos were decoded on the device path, not by the CPU loader"
 
 
+@needs_torch
 def test_files_the_device_cannot_take_are_skipped_as_on_the_cpu(caches):
     device, pillow = read(caches["gpu"]), read(caches["threads"])
     assert device["skipped"] == pillow["skipped"]
     assert set(device["skipped"]) == {"a/truncated.jpg", "b/notes.jpg"}
 
 
+@needs_torch
 def test_the_recipe_names_the_decoder_and_refuses_mixing(caches, data, weights_file):
     assert read(caches["gpu"])["decoder"] == "pillow-cpu"
     assert read(caches["threads"])["decoder"] == "pillow"

@@ -20,6 +20,7 @@ from test_extract import assert_same_cache, options, snapshot
 from features_cache import schema
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
+from pipeline.errors import PipelineError
 from pipeline.extract import run_extract
 
 ray = pytest.importorskip("ray", reason="Ray is not installed here; `make setup-distributed` adds it")
@@ -95,6 +96,11 @@ def test_a_killed_driver_resumes_from_the_shards_its_workers_wrote(data, referen
     report = run_extract(options(data, cache, weights_file, **ON_RAY))
     assert report.kept >= 3 * 4 - 2 and report.extracted + report.kept == 60
     assert_same_cache(snapshot(cache), reference)
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_is_refused_not_a_hang(data, weights_file, tmp_path):
+    with pytest.raises(PipelineError, match=r"needs 2 GPUs, the Ray cluster has 0"):
+        run_extract(options(data, tmp_path / "features.h5", weights_file, gpus_per_worker=1, **ON_RAY))
 
 
 def test_without_ray_the_engine_is_one_line(data, tmp_path):
