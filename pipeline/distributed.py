@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'cnn-codes-pipeline[distributed]' (or `make setup-distributed`)"
 WRITE_SHARDS = ("auto", "workers", "driver")
+CONNECT_SECONDS = 10
 PROBE_PREFIX = ".ray-probe.tmp-"  # a name the next run's clean-up of temporaries removes if this run dies
 
 
@@ -60,6 +61,8 @@ def check_ray_options(options: ExtractOptions) -> None:
         raise PipelineError(f"--gpus-per-worker must be 0 or more, got {options.gpus_per_worker}")
     if options.write_shards not in WRITE_SHARDS:
         raise PipelineError(f"unknown --write-shards {options.write_shards!r}; use one of {', '.join(WRITE_SHARDS)}")
+    if options.address and options.address != "auto":
+        _check_reachable(options.address)
 
 
 # ---------------------------------------------------------------- on the workers
@@ -237,6 +240,20 @@ def _cluster(ray, options: ExtractOptions) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes, warning all the while; a plain connect answers in seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise PipelineError(f"--address {address}: use auto, HOST:PORT (the head's GCS) or ray://HOST:PORT (Ray Client)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise PipelineError(
+            f"--address {address}: cannot reach it ({error.strerror or error}); start the cluster (`ray start --head`) "
+            "or check the address and port"
+        ) from None
 
 
 def _check_resources(ray, options: ExtractOptions) -> None:

@@ -103,6 +103,13 @@ def test_asking_for_more_gpus_than_the_cluster_has_is_refused_not_a_hang(data, w
         run_extract(options(data, tmp_path / "features.h5", weights_file, gpus_per_worker=1, **ON_RAY))
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-port"])
+def test_an_unreachable_cluster_is_one_line(address, data, tmp_path, capsys):
+    assert main(["extract", str(data), "--cache", str(tmp_path / "c.h5"), "--weights", "none", "--image-size", "32",
+                 "--engine", "ray", "--address", address]) != 0
+    assert capsys.readouterr().err.startswith(f"error: --address {address}: ")
+
+
 def test_without_ray_the_engine_is_one_line(data, tmp_path):
     hide_ray = (
         "import sys; sys.modules['ray'] = None\n"
