@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "--engine ray needs Ray: pip install 'cnn-codes-pipeline[distributed]' (or `make setup-distributed`)"
 WRITE_SHARDS = ("auto", "workers", "driver")
 CONNECT_SECONDS = 10
+MAX_BLOCKS = 10_000  # beyond this, Ray's bookkeeping per block costs more than finer balancing gains
 PROBE_PREFIX = ".ray-probe.tmp-"  # a name the next run's clean-up of temporaries removes if this run dies
 
 
@@ -182,7 +183,7 @@ def extract_on_ray(
 def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, token: str):
     items = [{"path": task.path, "absolute": task.absolute} for task in todo]
     workers = min(options.workers or 1, math.ceil(len(items) / options.batch_size))  # no idle actors on small jobs
-    blocks = max(1, min(len(items) // options.batch_size, 4 * workers * 8))
+    blocks = min(math.ceil(len(items) / options.batch_size), MAX_BLOCKS)  # a batch per block, to MAX_BLOCKS
     build = {
         "name": options.backbone, "weights": options.weights, "image_size": options.image_size,
         "precision": recipe.precision, "storage_dtype": options.storage_dtype, "seed": options.seed,
