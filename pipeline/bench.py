@@ -32,6 +32,7 @@ LARGE_EVERY = 33  # one image in 33 (about 3%) is several megapixels, as in a re
 HEADS = ("dense", "gap", "logreg")
 SKIPPABLE = frozenset({"heads", "memory"})
 SYNTHETIC_N = 2000
+SCALING_IMAGES = 1024  # per decoder and worker count: enough for a steady rate, short at one worker
 SYNTHETIC_SHAPE = (7, 7, 512)
 EXTRACT_TIMING = re.compile(r"\) in ([0-9.]+) s(?:, ([0-9.]+) img/s)?(?:; ([0-9.]+) s of it loading)?")
 
@@ -183,14 +184,15 @@ def _decode_only(settings: Settings, data: Path, result: Path) -> None:
     found = discover(data)
     tasks = [LoadTask(entry.path, found.absolute(entry)) for entry in found.entries]
 
-    def timed(decoder: str, workers: int) -> dict:
+    def timed(decoder: str, workers: int, files: list) -> dict:
         started = time.perf_counter()
-        images = sum(b.count for b in iter_batches(tasks, ResizeSpec(settings.size), settings.batch, workers, decoder=decoder))
+        images = sum(b.count for b in iter_batches(files, ResizeSpec(settings.size), settings.batch, workers, decoder=decoder))
         return {"decoder": decoder, "workers": workers, "seconds": time.perf_counter() - started, "images": images}
 
     cores = default_workers()
-    default = timed("auto", cores)
-    scaling = [timed(decoder, workers) for decoder in ("threads", "processes") for workers in sorted({1, 2, cores // 2, cores} - {0})]
+    default = timed("auto", cores, tasks)
+    sample = tasks[:SCALING_IMAGES]
+    scaling = [timed(decoder, workers, sample) for decoder in ("threads", "processes") for workers in sorted({1, 2, cores // 2, cores} - {0})]
     device = _device_decode(tasks, settings)
     _write_result(result, {**default, "decoder": resolve_decoder("auto", cores), "scaling": scaling, "device": device})
 
