@@ -86,9 +86,9 @@ BENCH_OUT ?= bench-out
 # `make bench ENGINE=ray`: the single-machine engine against Ray with 1 and 2 workers, at 64 and BENCH_N images.
 bench: setup
 ifeq ($(ENGINE),ray)
-	$(PY) -m pipeline.ray_bench --n 64 $(BENCH_N) --size $(BENCH_SIZE) --batch $(BENCH_BATCH) --out $(BENCH_OUT)
+	$(PY) -m bench.ray_cluster --n 64 $(BENCH_N) --size $(BENCH_SIZE) --batch $(BENCH_BATCH) --out $(BENCH_OUT)
 else
-	$(PY) -m pipeline.bench --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
+	$(PY) -m bench.throughput --n $(BENCH_N) --size $(BENCH_SIZE) --precision $(BENCH_PRECISION) \
 		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
 endif
 

@@ -20,7 +20,7 @@ mkdir -p "$out"
 
 for backend in ${BACKENDS:-jax torch}; do
     echo "== $backend: $n images at 224 px, batch $batch"
-    KERAS_BACKEND=$backend "$python" -m pipeline.bench --n "$n" --size 224 --batch "$batch" --precision auto \
+    KERAS_BACKEND=$backend "$python" -m bench.throughput --n "$n" --size 224 --batch "$batch" --precision auto \
         --skip heads,memory --out "/tmp/bench-$backend" 2>&1 | tee "$out/bench-$backend.log" | tail -25
     cp "/tmp/bench-$backend/bench.json" "$out/bench-$backend.json"
 done

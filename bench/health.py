@@ -1,6 +1,6 @@
 """Calibrate and measure the dataset-health checks on photo-like images with planted problems.
 
-    python bench/health.py [--n 150] [--size 224] [--out bench-out/health]
+    python -m bench.health [--n 150] [--size 224] [--out bench-out/health]
 
 Writes N distinct photo-like JPEGs in three classes, then plants copies of some of them into
 other splits (exact copy, JPEG re-encoded at quality 50, resized to half, a 90% centre crop,
@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.bench import _photo  # noqa: E402 - photo-like generator shared with make bench
+from bench.photos import photo
 
 VARIANTS = {
     "copy": lambda image: image,
@@ -43,7 +41,7 @@ def build(root: Path, n: int) -> dict[str, set[str]]:
     for i in range(n):
         label = classes[i % 3]
         split = "train" if i % 5 else "test"
-        image = _photo(i * 7 + 3)
+        image = photo(i * 7 + 3)
         image = image.resize((500, 375)) if image.size[0] > 1000 else image
         pixels = np.asarray(image).astype(np.int16)
         pixels[..., classes.index(label)] += 70  # each class leans to one colour, so labels can be learned
@@ -87,8 +85,8 @@ def precision_recall(found: set[str], planted: set[str]) -> str:
 def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them."""
     from classifiers import LogRegHead
-    from pipeline.health import duplicates, labels, outliers
-    from pipeline.health.embeddings import unit_rows
+    from pipeline.analysis.health import duplicates, labels, outliers
+    from pipeline.analysis.health.embeddings import unit_rows
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from classifiers.base import HEAD_FILE, Head, RowSource, SettingError
+from classifiers.base import HEAD_FILE, Head, RowSource
 from classifiers.dense import DenseHead
+from classifiers.errors import FeatureShapeError, HeadError, SettingError
 from classifiers.external import EstimatorHead
 from classifiers.gap import GapHead
 from classifiers.logreg import LogRegHead
-from pipeline.errors import PipelineError
 
 HEADS: dict[str, type[Head]] = {head.name: head for head in (DenseHead, GapHead, LogRegHead)}
 # Heads a run folder may hold besides HEADS: any scikit-learn classifier saved from Python.
 SAVED_HEADS: dict[str, type[Head]] = {**HEADS, EstimatorHead.name: EstimatorHead}
 
 __all__ = [
-    "HEADS", "DenseHead", "EstimatorHead", "GapHead", "Head", "LogRegHead", "RowSource", "SettingError",
+    "HEADS", "DenseHead", "EstimatorHead", "FeatureShapeError", "GapHead", "Head", "HeadError", "LogRegHead", "RowSource",
+    "SettingError",
     "get_head", "load_head",
 ]
 
@@ -27,7 +28,7 @@ def get_head(name: str) -> type[Head]:
     try:
         return HEADS[name]
     except KeyError:
-        raise PipelineError(f"unknown head {name!r}; use --head with one of {', '.join(HEADS)}") from None
+        raise HeadError(f"unknown head {name!r}; use --head with one of {', '.join(HEADS)}") from None
 
 
 def load_head(run_dir: Path) -> Head:
@@ -35,18 +36,18 @@ def load_head(run_dir: Path) -> Head:
     run_dir = Path(run_dir)
     meta_path = run_dir / HEAD_FILE
     if not meta_path.exists():
-        raise PipelineError(f"{run_dir}: no saved head ({HEAD_FILE} missing); train one with `python -m pipeline train`")
+        raise HeadError(f"{run_dir}: no saved head ({HEAD_FILE} missing); train one with `python -m pipeline train`")
     try:
         kind = json.loads(meta_path.read_text(encoding="utf-8"))["head"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise PipelineError(f"{meta_path}: damaged ({error}); train the run again") from None
+        raise HeadError(f"{meta_path}: damaged ({error}); train the run again") from None
     if kind not in SAVED_HEADS:
-        raise PipelineError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(SAVED_HEADS)}")
+        raise HeadError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(SAVED_HEADS)}")
     head_cls = SAVED_HEADS[kind]
     try:
         return head_cls.load(run_dir)
-    except PipelineError:
+    except HeadError:
         raise
     except Exception as error:  # noqa: BLE001 - joblib, Keras and json raise many kinds on a damaged file
         what = "missing" if not (run_dir / head_cls.model_file).is_file() else f"damaged ({' '.join(str(error).split())[:160]})"
-        raise PipelineError(f"{run_dir}: the saved head is {what}: {head_cls.model_file}; train the run again") from None
+        raise HeadError(f"{run_dir}: the saved head is {what}: {head_cls.model_file}; train the run again") from None

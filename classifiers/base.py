@@ -23,12 +23,16 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from pipeline.errors import PipelineError
+from classifiers.errors import FeatureShapeError, SettingError
 
 HEAD_FILE = "head.json"
 HISTORY_FILE = "history.json"
 # ``class_weight`` as scikit-learn classifiers take it: None, "balanced" or {label: weight}.
 CLASS_WEIGHT_CONSTRAINT: list = [StrOptions({"balanced"}), dict, None]
+
+
+# How a head may reduce (n, h, w, c) maps to vectors; ``none`` (or None) keeps the maps.
+POOLINGS = ("avg", "max", "flatten")
 
 
 def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
@@ -43,14 +47,6 @@ def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
     if pooling in (None, "none"):
         return maps
     raise SettingError(f"pooling={pooling!r} is unknown; use avg, max, flatten or none")
-
-
-class SettingError(PipelineError, ValueError):
-    """An unknown setting or a value a head cannot use; shown as a one-line error."""
-
-
-class FeatureShapeError(PipelineError, ValueError):
-    """Features of another shape than the head was trained on."""
 
 
 class RowSource(Protocol):

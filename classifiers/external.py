@@ -14,9 +14,8 @@ import joblib
 import numpy as np
 from sklearn.utils._param_validation import HasMethods, StrOptions
 
-from classifiers.base import HEAD_FILE, HISTORY_FILE, Head, SettingError, pool_maps
-
-POOLINGS = ("none", "avg", "max", "flatten")
+from classifiers.base import HEAD_FILE, HISTORY_FILE, POOLINGS, Head, pool_maps
+from classifiers.errors import SettingError
 
 
 class EstimatorHead(Head):
@@ -26,7 +25,7 @@ class EstimatorHead(Head):
     model_file = "model.joblib"
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "estimator": [HasMethods(["fit", "predict_proba"])],
-        "pooling": [StrOptions(set(POOLINGS))],
+        "pooling": [StrOptions({*POOLINGS, "none"})],
     }
 
     def __init__(self, *, estimator: Any = None, pooling: str = "avg") -> None:

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError
+from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource
+from classifiers.errors import SettingError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PREDICT_BATCH = 1024

@@ -10,9 +10,9 @@ import joblib
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource, SettingError, pool_maps
+from classifiers.base import CLASS_WEIGHT_CONSTRAINT, POOLINGS, Head, RowSource, pool_maps
+from classifiers.errors import SettingError
 
-POOLINGS = ("avg", "max", "flatten")
 READ_ROWS = 1024
 
 

@@ -1,11 +1,12 @@
-"""Transfer learning on cached CNN codes: extract once, train many cheap heads."""
+"""Transfer learning on cached CNN codes: extract once, train many cheap heads.
 
-import os
+Importing this package, or any of its modules, changes nothing outside it: the quiet
+start-up (TensorFlow's native log lines kept off the terminal) is applied by the command
+line entry points only, through :func:`pipeline.quiet.quiet_start`.
 
-from pipeline import quiet
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-quiet.install()
+Where things are: ``extraction`` turns images into features (stage one), ``training``
+turns features into runs (stage two), ``analysis`` turns predictions into pages, and
+``serving`` takes a run to new images and to one exported model.
+"""
 
 __version__ = "0.1.0"

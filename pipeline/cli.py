@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from classifiers.errors import HeadError
 from features_cache.errors import CacheError
 from pipeline import quiet
 from pipeline.errors import PipelineError
@@ -52,12 +53,13 @@ def describe_os_error(error: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet.quiet_start()
     args = build_parser().parse_args(argv)
     if args.verbose:
         quiet.uninstall()
     try:
         return int(args.run(args) or 0)
-    except (PipelineError, CacheError) as error:
+    except (PipelineError, CacheError, HeadError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

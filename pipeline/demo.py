@@ -16,14 +16,16 @@ import io
 import sys
 from pathlib import Path
 
-from pipeline.backbones import build_backbone
 from pipeline.cli import main as cli_main
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
+from pipeline.quiet import quiet_start
 
 
 def pick_weights() -> str:
     """'imagenet' if Keras can load them here, else 'none' with a plain notice on the first line."""
+    from pipeline.extraction.backbones import build_backbone
+
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # Keras's "Downloading data from ..." line
             build_backbone("vgg16", weights="imagenet", image_size=32, precision="float32")
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "--per-class", default="30", help="digits per class (default 30: 300 images, stratified), or all (1,797)"
     )
     args = parser.parse_args(argv)
+    quiet_start()
     per_class = None if args.per_class == "all" else int(args.per_class)
     weights = pick_weights()
     amount = "all 1,797" if per_class is None else f"{per_class} per class of the 1,797"
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     cli_main(["info", args.cache])
-    from pipeline.train import TrainOptions, run_train
+    from pipeline.training.train import TrainOptions, run_train
 
     print("training a logistic-regression head on the cached features", flush=True)
     for result in run_train(TrainOptions(cache=args.cache, head="logreg", runs_dir=args.runs_dir)):

@@ -64,6 +64,14 @@ class QuietTensorFlow(importlib.abc.MetaPathFinder):
         return spec
 
 
+def quiet_start() -> None:
+    """What every command line entry point calls first: TensorFlow's C++ and gRPC logs at errors
+    only (unless already set) and its import silenced. Library imports never call it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    install()
+
+
 def install() -> None:
     """Silence TensorFlow's import unless it already happened or the user asked to see everything."""
     if NOISY in sys.modules or os.environ.get("PIPELINE_VERBOSE") == "1":

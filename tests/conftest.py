@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from pipeline.demo_data import write_digits
-from pipeline.extract import ExtractOptions, run_extract
+from pipeline.extraction.extract import ExtractOptions, run_extract
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,7 @@ def test_backend_matches_tensorflow(backend, reference):
 
     run_under(backend, "export", "runs/lr", f"{backend}.keras", cwd=root)
     check = (
-        "import sys, numpy as np, keras, pipeline.export\n"
+        "import sys, numpy as np, keras, pipeline.serving.export\n"
         "from PIL import Image\n"
         "model = keras.saving.load_model(sys.argv[1])\n"
         "images = np.stack([np.asarray(Image.open(p).convert('RGB').resize((32, 32), Image.BILINEAR)) for p in sys.argv[2:]])\n"
@@ -100,7 +100,7 @@ def test_compiled_torch_step_matches_eager(reference):
         pytest.skip("torch is not installed here; `make setup-backends` adds it")
     check = (
         "import sys, numpy as np\n"
-        "from pipeline.backbones import TORCH_COMPILE_FROM_IMAGES, build_backbone\n"
+        "from pipeline.extraction.backbones import TORCH_COMPILE_FROM_IMAGES, build_backbone\n"
         "backbone = build_backbone(weights=sys.argv[1], image_size=32, precision='float32')\n"
         "images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)\n"
         "eager = backbone.features(images)\n"

@@ -29,7 +29,7 @@ from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
 from features_cache.writer import FeatureSource, Row, write_cache
 from pipeline.cli import main
-from pipeline.extract import run_extract
+from pipeline.extraction.extract import run_extract
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from features_cache.reader import FeatureCache
 from pipeline.cli import main
-from pipeline.images import DecodeBudget, ResizeSpec, decode, read_image
+from pipeline.extraction.images import DecodeBudget, ResizeSpec, decode, read_image
 
 ARGS = ["--weights", "none", "--image-size", "32"]
 

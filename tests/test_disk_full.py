@@ -13,7 +13,7 @@ import pytest
 
 from features_cache.reader import FeatureCache
 from pipeline.demo_data import write_digits
-from pipeline.extract import ExtractOptions, run_extract
+from pipeline.extraction.extract import ExtractOptions, run_extract
 
 
 @pytest.fixture

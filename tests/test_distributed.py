@@ -21,7 +21,7 @@ from features_cache import schema
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
-from pipeline.extract import run_extract
+from pipeline.extraction.extract import run_extract
 
 ray = pytest.importorskip("ray", reason="Ray is not installed here; `make setup-distributed` adds it")
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
-from pipeline.extract import ExtractOptions, run_extract
+from pipeline.extraction.extract import ExtractOptions, run_extract
 
 
 @pytest.fixture(scope="module")

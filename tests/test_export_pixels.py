@@ -12,7 +12,7 @@ from image_factory import make_class_folders, photo, save
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.export import serving_image
+from pipeline.serving.export import serving_image
 
 SIZES = [(3000, 2000), (2000, 3000), (480, 360), (360, 480), (1000, 1000), (640, 427)]
 

@@ -24,8 +24,8 @@ from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from pipeline.cli import main
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractOptions, run_extract
-from pipeline.images import ResizeSpec, read_image
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.extraction.images import ResizeSpec, read_image
 
 CLASSES = {"토마토": 6, "호박": 5, "수박": 5}
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_a_no_op_rerun_decides_without_loading_keras(photos, tmp_path, weights_f
     settings = options(photos, tmp_path / "features.h5", weights_file)
     run_extract(settings)
     script = (
-        "import json, sys; from pipeline.extract import ExtractOptions, run_extract; "
+        "import json, sys; from pipeline.extraction.extract import ExtractOptions, run_extract; "
         "report = run_extract(ExtractOptions(**json.loads(sys.argv[1]))); "
         "print(report.written, report.kept, 'keras' in sys.modules)"
     )

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifiers import HEADS, SettingError, load_head
+from classifiers import HEADS, FeatureShapeError, SettingError, load_head
 from features_cache.reader import FeatureCache
-from pipeline.errors import PipelineError
-from pipeline.train import CacheRows, class_labels, plan_cache_splits
+from pipeline.training.train import CacheRows, class_labels, plan_cache_splits
 
 # Settings that make each head learn within seconds on 280 tiny random-VGG16 codes.
 TEST_SETTINGS = {"dense": {"epochs": 10, "verbose": 0}, "gap": {"epochs": 10, "verbose": 0}, "logreg": {}}
@@ -93,7 +92,7 @@ def test_streaming_fit_learns(fitted, digits, digits_cache):
 
 
 def test_wrong_feature_shape_is_refused(fitted):
-    with pytest.raises(PipelineError, match="trained on features of shape"):
+    with pytest.raises(FeatureShapeError, match="trained on features of shape"):
         fitted.predict_proba(np.zeros((2, 2, 2, 512), dtype=np.float32))
 
 

@@ -21,7 +21,7 @@ from image_factory import (
 )
 from PIL import Image
 
-from pipeline.images import ImageReadError, ResizeSpec, read_image
+from pipeline.extraction.images import ImageReadError, ResizeSpec, read_image
 
 SPEC = ResizeSpec(32)
 

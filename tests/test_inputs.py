@@ -10,9 +10,9 @@ import pytest
 from image_factory import make_class_folders, photo, save
 
 from features_cache.reader import FeatureCache
-from pipeline.backbone_specs import BACKBONES, weights_path
-from pipeline.backbones import Device, auto_precision
 from pipeline.cli import main
+from pipeline.extraction.backbone_specs import BACKBONES, weights_path
+from pipeline.extraction.backbones import Device, auto_precision
 
 ARGS = ["--weights", "none", "--image-size", "32"]
 

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.cli import main
-from pipeline.extract import ExtractOptions, run_extract
-from pipeline.runs import load_run_config, read_index
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.training.runs import load_run_config, read_index
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = {"토마토": ((200, 30, 30), "circle"), "호박": ((230, 130, 20), "wide"), "수박": ((40, 150, 50), "stripes")}

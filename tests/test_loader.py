@@ -11,8 +11,8 @@ import pytest
 from image_factory import cmyk_jpeg, exif_rotated_jpeg, photo, save, sixteen_bit_png, truncated_jpeg
 
 from pipeline.errors import PipelineError
-from pipeline.images import ResizeSpec
-from pipeline.loader import LoadTask, iter_batches, resolve_decoder
+from pipeline.extraction.images import ResizeSpec
+from pipeline.extraction.loader import LoadTask, iter_batches, resolve_decoder
 
 SPEC = ResizeSpec(32)
 
@@ -101,7 +101,7 @@ def test_auto_picks_threads_on_few_cores_and_processes_on_many() -> None:
 def test_extract_with_decoding_processes_writes_the_same_cache(digits_dir: Path, digits_cache: Path, tmp_path: Path) -> None:
     import h5py
 
-    from pipeline.extract import ExtractOptions, run_extract
+    from pipeline.extraction.extract import ExtractOptions, run_extract
 
     cache = tmp_path / "processes.h5"
     run_extract(ExtractOptions(data=str(digits_dir), cache=str(cache), weights="none", image_size=32,

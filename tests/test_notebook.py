@@ -12,7 +12,7 @@ from test_layouts import extract, write_layout
 
 from features_cache import FeatureCache
 from pipeline.cli import main
-from pipeline.datasets import load_split, save_run
+from pipeline.training.datasets import load_split, save_run
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

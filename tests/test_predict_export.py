@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-import pipeline.export  # noqa: F401 - registers the exported model's custom layers
+import pipeline.serving.export  # noqa: F401 - registers the exported model's custom layers
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
-from pipeline.extract import ExtractOptions, run_extract
-from pipeline.images import ResizeSpec, read_image
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.extraction.images import ResizeSpec, read_image
 
 HEADS = {"logreg": [], "gap": ["--set", "epochs=3"], "dense": ["--set", "epochs=2", "--set", "units=32"]}
 # Features pass through float16 storage, and a batch of another size rounds about 0.1% of them

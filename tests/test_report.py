@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
-from pipeline.extract import ExtractOptions, run_extract
+from pipeline.extraction.extract import ExtractOptions, run_extract
 
 # Class folders named to test escaping: Korean text and markup characters.
 RENAMED = {"seven": "일곱 <7>", "one": "하나 & 1"}

@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classifiers import HEADS
 from features_cache.reader import FeatureCache
-from pipeline.train import class_labels
+from pipeline.training.train import class_labels
 
 # check_supervised_y_no_nan feeds y full of inf; casting it on the way to its expected error warns.
 # check_array_api_input skips itself: the heads take numpy arrays (Keras converts them), not other array libraries.

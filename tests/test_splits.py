@@ -11,9 +11,9 @@ import pytest
 from features_cache.reader import FeatureCache
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractOptions, run_extract
-from pipeline.splits import memory_path, plan_splits
-from pipeline.train import plan_cache_splits
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.training.splits import memory_path, plan_splits
+from pipeline.training.train import plan_cache_splits
 
 
 def splits_of(cache_path: Path) -> dict[str, str]:

@@ -15,8 +15,8 @@ from features_cache.reader import FeatureCache
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractOptions, run_extract
-from pipeline.runs import check_same_cache, load_run_config, read_index, resolve_run
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.training.runs import check_same_cache, load_run_config, read_index, resolve_run
 
 
 def train(cache: Path, runs_dir: Path, *args: str) -> int:

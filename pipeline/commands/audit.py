@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 def head_params(head: str, items: list[str]) -> dict[str, object]:
     """One value per ``--set NAME=VALUE``, typed and checked the way ``train`` does it."""
     from classifiers import get_head
-    from pipeline.train import coerce
+    from pipeline.training.train import coerce
 
     head_cls = get_head(head)
     params: dict[str, object] = {}
@@ -58,9 +58,9 @@ def output_folder(cache: str, out: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.audit import run_audit
-    from pipeline.health import duplicates, files, page
-    from pipeline.html_page import write_page
+    from pipeline.analysis.audit import run_audit
+    from pipeline.analysis.health import duplicates, files, page
+    from pipeline.analysis.html_page import write_page
 
     params = head_params(args.head.lower(), args.set)
     folder = output_folder(args.cache, args.out)
@@ -80,7 +80,7 @@ def print_audit(result, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.audit import summary_lines
+    from pipeline.analysis.audit import summary_lines
 
     console = Console(highlight=False, soft_wrap=True)
     names = result.class_names

@@ -22,9 +22,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.commands.tables import console
     from pipeline.errors import check_output_file
-    from pipeline.evaluate import run_evaluate
-    from pipeline.summary import console
+    from pipeline.training.evaluate import run_evaluate
 
     if args.out:
         check_output_file(args.out, "--out")

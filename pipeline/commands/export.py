@@ -10,7 +10,7 @@ def register(subparsers) -> None:
         "export",
         help="write one .keras model: raw uint8 images in (any size), class probabilities out",
         description="Join the run's frozen backbone (resizing and preprocessing included) and its head into one "
-        "Keras model file. Load it with `import pipeline.export; keras.saving.load_model(OUT)`.",
+        "Keras model file. Load it with `import pipeline.serving.export; keras.saving.load_model(OUT)`.",
     )
     parser.add_argument("run_ref", metavar="RUN", help="a run folder, or a run's name under --runs-dir")
     parser.add_argument("out", help="the .keras file to write")
@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import check_output_file
-    from pipeline.export import export
-    from pipeline.predict import load_run_model
+    from pipeline.serving.export import export
+    from pipeline.serving.predict import load_run_model
 
     check_output_file(args.out, "OUT")
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)

@@ -52,8 +52,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.extract import ExtractOptions, run_extract
-    from pipeline.summary import print_extract_report
+    from pipeline.commands.tables import print_extract_report
+    from pipeline.extraction.extract import ExtractOptions, run_extract
 
     weights = "none" if args.weights.lower() in ("none", "random") else args.weights
     if args.workers is not None and args.workers < 1:

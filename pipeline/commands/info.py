@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from features_cache.reader import FeatureCache
-    from pipeline.summary import print_cache_info
+    from pipeline.commands.tables import print_cache_info
 
     with FeatureCache(args.cache) as cache:
         print_cache_info(cache)

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.predict import load_run_model, run_predict
+    from pipeline.serving.predict import load_run_model, run_predict
 
     if args.batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report, latest_run
+    from pipeline.analysis.report import build_report, latest_run
 
     run_ref = args.run_ref
     if not run_ref:
@@ -39,7 +39,7 @@ def print_report(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.report import summary_line
+    from pipeline.analysis.report import summary_line
 
     console = Console(highlight=False, soft_wrap=True)
     table = Table(show_edge=False, title=f"misclassified {report.split} images, most confident first")

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.runs import ranked, read_index
+    from pipeline.training.runs import ranked, read_index
 
     entries = read_index(args.runs_dir)
     if not entries:

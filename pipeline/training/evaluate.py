@@ -14,8 +14,8 @@ import numpy as np
 
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
-from pipeline.metrics import evaluate
-from pipeline.runs import check_same_cache, load_run_config, resolve_run, write_predictions
+from pipeline.training.metrics import evaluate
+from pipeline.training.runs import check_same_cache, load_run_config, resolve_run, write_predictions
 
 
 @dataclasses.dataclass

@@ -32,12 +32,12 @@ from features_cache.records import FileRecord, SkippedFile
 from features_cache.shards import Shard, new_shard_path, open_shard, write_shard
 from pipeline import progress
 from pipeline.errors import PipelineError
-from pipeline.images import ResizeSpec, default_budget
-from pipeline.loader import LoadTask, load_file
+from pipeline.extraction.images import ResizeSpec, default_budget
+from pipeline.extraction.loader import LoadTask, load_file
 
 if TYPE_CHECKING:
-    from pipeline.backbones import Backbone
-    from pipeline.extract import ExtractOptions
+    from pipeline.extraction.backbones import Backbone
+    from pipeline.extraction.extract import ExtractOptions
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'cnn-codes-pipeline[distributed]' (or `make setup-distributed`)"
 WRITE_SHARDS = ("auto", "workers", "driver")
@@ -91,7 +91,7 @@ class FeatureActor:
     """A Ray Data actor holding the backbone; one fixed-shape batch in, one shard (or its features) out."""
 
     def __init__(self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str) -> None:
-        from pipeline.backbones import build_backbone
+        from pipeline.extraction.backbones import build_backbone
 
         self.recipe = schema.Recipe.from_attrs(recipe)
         self.backbone = build_backbone(**build)
@@ -120,7 +120,7 @@ class FeatureActor:
 
     def _features(self, images: np.ndarray, records: list[FileRecord]) -> np.ndarray:
         """Padded to the fixed batch shape, as on one machine, so the compiled step never retraces."""
-        from pipeline.extract import check_finite
+        from pipeline.extraction.extract import check_finite
 
         shape = self.backbone.feature_shape
         parts = [np.zeros((0, *shape), dtype=self.recipe.storage_dtype)]
@@ -149,7 +149,7 @@ def extract_on_ray(
     backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
 ) -> tuple[list[Shard], float]:
     """Run ``todo`` through Ray Data into shards; returns them (verified) and the seconds it took."""
-    from pipeline.extract import ShardWriter
+    from pipeline.extraction.extract import ShardWriter
 
     ray = import_ray()
     started = time.perf_counter()

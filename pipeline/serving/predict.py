@@ -18,12 +18,12 @@ import numpy as np
 
 from features_cache.records import SkippedFile
 from features_cache.schema import Recipe
-from pipeline.backbones import Backbone, build_backbone
 from pipeline.errors import PipelineError
-from pipeline.images import ResizeSpec
-from pipeline.loader import LoadTask, iter_batches
-from pipeline.runs import load_run_config, resolve_run
-from pipeline.sources import candidate_files
+from pipeline.extraction.backbones import Backbone, build_backbone
+from pipeline.extraction.images import ResizeSpec
+from pipeline.extraction.loader import LoadTask, iter_batches
+from pipeline.extraction.sources import candidate_files
+from pipeline.training.runs import load_run_config, resolve_run
 
 RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 

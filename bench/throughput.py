@@ -6,7 +6,7 @@ route a Keras user writes by hand, an unchanged re-run, training the heads, and 
 memory at N and 4N images. Every stage runs in its own process, so its timing and
 peak RSS are its own; the machines are shared and noisy, so compare ratios from one run.
 
-    python -m pipeline.bench --n 96 --size 224 --precision auto --batch 32 --out bench-out
+    python -m bench.throughput --n 96 --size 224 --precision auto --batch 32 --out bench-out
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+from bench.photos import photo
+from pipeline.quiet import quiet_start
 
 CLASSES = ("beach", "city", "forest")
-LARGE_EVERY = 33  # one image in 33 (about 3%) is several megapixels, as in a real photo folder
 HEADS = ("dense", "gap", "logreg")
 SKIPPABLE = frozenset({"heads", "memory"})
 SYNTHETIC_N = 2000
@@ -66,35 +68,6 @@ class Stage:
         return self.images / self.seconds if self.seconds else 0.0
 
 
-# ---------------------------------------------------------------- photo-like data
-
-
-def _image_size(index: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Around 500x375 in either orientation, and a few camera-sized images."""
-    if index % LARGE_EVERY == 0:
-        return (3000, 2000) if rng.random() < 0.7 else (2000, 3000)
-    width = int(rng.integers(420, 641))
-    aspect = rng.choice([3 / 4, 2 / 3, 4 / 3, 1.0], p=[0.55, 0.2, 0.2, 0.05])
-    return width, int(round(width * aspect))
-
-
-def _photo(index: int) -> Image.Image:
-    """Smooth colour fields, blurred shapes and sensor noise: JPEG sizes close to real photos."""
-    rng = np.random.default_rng(index)
-    width, height = _image_size(index, rng)
-    grid = rng.integers(0, 256, (int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3), dtype=np.uint8)
-    image = Image.fromarray(grid, "RGB").resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(4, 12))):
-        x, y = rng.uniform(0, width), rng.uniform(0, height)
-        w, h = rng.uniform(0.05, 0.4) * width, rng.uniform(0.05, 0.4) * height
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=fill)
-    image = image.filter(ImageFilter.GaussianBlur(radius=max(1.0, width / 400)))
-    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 5, (height, width, 3)).astype(np.float32)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
-
-
 def _pool_path(out: Path, index: int) -> Path:
     return out / "images" / CLASSES[index % len(CLASSES)] / f"photo_{index:05d}.jpg"
 
@@ -103,7 +76,7 @@ def _generate(out: Path, index: int) -> None:
     source = _pool_path(out, index)
     source.parent.mkdir(parents=True, exist_ok=True)
     tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
-    _photo(index).save(tmp, format="JPEG", quality=90)
+    photo(index).save(tmp, format="JPEG", quality=90)
     tmp.replace(source)
 
 
@@ -145,7 +118,7 @@ def describe_data(folder: Path) -> dict:
 
 def _bare_model(settings: Settings, result: Path) -> None:
     """The ceiling: the backbone's compiled predict step on uint8 tensors already in memory."""
-    from pipeline.backbones import build_backbone
+    from pipeline.extraction.backbones import build_backbone
     from pipeline.versions import library_versions
 
     started = time.perf_counter()
@@ -177,9 +150,9 @@ def _decode_only(settings: Settings, data: Path, result: Path) -> None:
     First as ``extract`` runs it (``--decoder auto``, a worker per core), then threads and
     processes at 1, 2, ... workers, start-up included, so the per-worker rate can be projected.
     """
-    from pipeline.images import ResizeSpec
-    from pipeline.loader import LoadTask, default_workers, iter_batches, resolve_decoder
-    from pipeline.sources import discover
+    from pipeline.extraction.images import ResizeSpec
+    from pipeline.extraction.loader import LoadTask, default_workers, iter_batches, resolve_decoder
+    from pipeline.extraction.sources import discover
 
     found = discover(data)
     tasks = [LoadTask(entry.path, found.absolute(entry)) for entry in found.entries]
@@ -199,12 +172,11 @@ def _decode_only(settings: Settings, data: Path, result: Path) -> None:
 
 def _device_decode(tasks: list, settings: Settings) -> dict | None:
     """JPEGs decoded and resized on the GPU (``--decoder gpu``), where torchvision and CUDA are there."""
-    from pipeline.images import ResizeSpec
+    from pipeline.extraction.images import ResizeSpec
 
     spec = ResizeSpec(settings.size)
     try:
-        from pipeline import device_decode
-
+        from pipeline.extraction import device_decode
         if device_decode.unavailable(spec):
             return None
     except ImportError:
@@ -302,7 +274,7 @@ def run_process(argv: list[str], log: Path, check: bool = True) -> Process:
 
 def child_stage(name: str, settings: Settings, data: Path) -> tuple[dict, Process]:
     result = settings.out / "logs" / f"{name}.json"
-    argv = [sys.executable, "-m", "pipeline.bench", *_settings_args(settings), "--child", name, "--data", str(data), "--result", str(result)]
+    argv = [sys.executable, "-m", "bench.throughput", *_settings_args(settings), "--child", name, "--data", str(data), "--result", str(result)]
     process = run_process(argv, settings.out / "logs" / f"{name}.log")
     return json.loads(result.read_text()), process
 
@@ -552,7 +524,7 @@ def report(stages: list[Stage], settings: Settings, facts: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=96, help="images (default 96)")
     parser.add_argument("--size", type=int, default=224, help="input size (default 224)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -570,6 +542,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()
     args = parse_args(argv)
     out = Path(args.out).resolve()
     skip = frozenset(part.strip() for part in args.skip.split(",") if part.strip())
@@ -580,10 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         run_child_stage(args.child, settings, Path(args.data), Path(args.result))
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    from bench import cache as cache_bench
+
     started = time.perf_counter()
     stages, facts = measure(settings)
-    from pipeline import cache_bench
-
     facts["cache"] = cache_bench.measure(out / "cache", cache_bench.DEFAULT_ROWS)
     print(json.dumps({"cache": facts["cache"]}, indent=2))
     facts.update(device=device(), total_seconds=time.perf_counter() - started)

@@ -44,15 +44,15 @@ from features_cache.shards import (
 )
 from features_cache.writer import FeatureSource, Row, write_index
 from pipeline import progress
-from pipeline.backbone_specs import check_backbone, cpu_flags, weights_path
 from pipeline.errors import PipelineError
-from pipeline.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec, skip_conditions
-from pipeline.loader import LoadTask, iter_batches, resolve_decoder
-from pipeline.sources import Dataset, discover
+from pipeline.extraction.backbone_specs import check_backbone, cpu_flags, weights_path
+from pipeline.extraction.images import BACKGROUND, DEFAULT_MAX_PIXELS, ResizeSpec, skip_conditions
+from pipeline.extraction.loader import LoadTask, iter_batches, resolve_decoder
+from pipeline.extraction.sources import Dataset, discover
 from pipeline.versions import library_versions
 
 if TYPE_CHECKING:
-    from pipeline.backbones import Backbone
+    from pipeline.extraction.backbones import Backbone
 
 STORAGE_DTYPES = ("float16", "float32")
 ENGINES = ("local", "ray")
@@ -134,7 +134,7 @@ def _check_options(options: ExtractOptions) -> None:
     if options.engine not in ENGINES:
         raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
     if options.engine == "ray":
-        from pipeline.distributed import check_ray_options
+        from pipeline.extraction.ray_engine import check_ray_options
 
         check_ray_options(options)
     cache = Path(options.cache)
@@ -319,7 +319,7 @@ def _extract(backbone: Backbone, plan: _Plan, spec: ResizeSpec, options: Extract
     if recipe.decoder == schema.PILLOW:
         batches = iter_batches(plan.todo, spec, options.batch_size, options.workers, decoder=options.decoder)
     else:
-        from pipeline.device_decode import iter_device_batches
+        from pipeline.extraction.device_decode import iter_device_batches
 
         batches = iter_device_batches(plan.todo, spec, options.batch_size, options.workers)
     try:
@@ -448,7 +448,7 @@ def _nothing_to_do(
 def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float) -> ExtractReport:
     """The full path: build the backbone, check the recipe, extract what is missing, write."""
     loading = time.perf_counter()
-    from pipeline.backbones import build_backbone, tf32_allowed
+    from pipeline.extraction.backbones import build_backbone, tf32_allowed
 
     cache_path = Path(options.cache)
     precision, notes = _auto_precision(options)
@@ -488,7 +488,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         new: list[Shard] = []
         if plan.todo:
             if options.engine == "ray":
-                from pipeline.distributed import extract_on_ray
+                from pipeline.extraction.ray_engine import extract_on_ray
 
                 new, extract_seconds = extract_on_ray(backbone, plan.todo, spec, options, recipe)
             else:
@@ -543,8 +543,7 @@ def _pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
     ``auto`` on a CUDA machine where it runs, unless an existing cache was made with Pillow)."""
     if options.decoder not in ("gpu", "auto") or options.engine != "local":
         return schema.PILLOW
-    from pipeline import device_decode
-
+    from pipeline.extraction import device_decode
     reason = device_decode.unavailable(spec)
     if options.decoder == "gpu":
         if reason:

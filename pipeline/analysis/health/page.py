@@ -15,7 +15,7 @@ import html
 import json
 from collections.abc import Sequence
 
-from pipeline import html_page
+from pipeline.analysis import html_page
 
 REVIEW_STYLE = """
 .group { border-left: 4px solid #ccc; padding-left: 10px; margin-bottom: 14px; }
@@ -133,6 +133,6 @@ def render(result, show: int) -> str:
 
 
 def _summary(result) -> list[str]:
-    from pipeline.audit import summary_lines
+    from pipeline.analysis.audit import summary_lines
 
     return summary_lines(result)

@@ -17,8 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.backbone_specs import BACKBONES, BackboneSpec, cpu_flags, keras_models_dir
 from pipeline.errors import PipelineError
+from pipeline.extraction.backbone_specs import BACKBONES, BackboneSpec, cpu_flags, keras_models_dir
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}

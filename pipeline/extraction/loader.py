@@ -27,7 +27,14 @@ import numpy as np
 
 from features_cache.records import TRANSIENT, FileRecord, FileStamp, SkippedFile
 from pipeline.errors import PipelineError
-from pipeline.images import DecodeBudget, ImageReadError, ResizeSpec, default_budget, failure_depends_on, read_image
+from pipeline.extraction.images import (
+    DecodeBudget,
+    ImageReadError,
+    ResizeSpec,
+    default_budget,
+    failure_depends_on,
+    read_image,
+)
 
 DECODERS = ("auto", "threads", "processes")
 # From `make bench` decode scaling: on a few cores threads decode as fast as processes and start

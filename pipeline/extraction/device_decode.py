@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from features_cache.records import TRANSIENT, FileRecord, FileStamp, SkippedFile, content_hash
-from pipeline.images import DecodeBudget, ResizeSpec, default_budget
-from pipeline.loader import DecodedBatch, LoadTask, default_workers, load_file
+from pipeline.extraction.images import DecodeBudget, ResizeSpec, default_budget
+from pipeline.extraction.loader import DecodedBatch, LoadTask, default_workers, load_file
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -166,7 +166,7 @@ def iter_device_batches(
     prefetch: int = 2,
     budget: DecodeBudget | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Like :func:`pipeline.loader.iter_batches`, but ``images`` is a uint8 NHWC tensor on the device.
+    """Like :func:`pipeline.extraction.loader.iter_batches`, but ``images`` is a uint8 NHWC tensor on the device.
 
     Every ``batch_size`` tasks become one batch (fewer real rows when files are skipped);
     files are read ``prefetch`` batches ahead on CPU threads.

@@ -21,12 +21,12 @@ import numpy as np
 
 from classifiers import Head, SettingError, get_head
 from features_cache.reader import FeatureCache
-from pipeline import runs
-from pipeline import splits as split_rules
 from pipeline.errors import PipelineError
-from pipeline.metrics import evaluate
 from pipeline.progress import bar
-from pipeline.splits import DEFAULT_FRACTIONS, SplitPlan
+from pipeline.training import runs
+from pipeline.training import splits as split_rules
+from pipeline.training.metrics import evaluate
+from pipeline.training.splits import DEFAULT_FRACTIONS, SplitPlan
 from pipeline.versions import library_versions
 
 LOAD_MODES = ("auto", "memory", "stream")
@@ -136,7 +136,7 @@ def available_memory() -> int:
 def plan_cache_splits(
     cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False
 ) -> SplitPlan:
-    """Every row's split (see :mod:`pipeline.splits`), remembered beside the cache; checked for training.
+    """Every row's split (see :mod:`pipeline.training.splits`), remembered beside the cache; checked for training.
 
     Training needs images of every class and a val split; a missing test split is allowed.
     ``check_leakage`` adds a warning note per held-out split with near-duplicates in train
@@ -155,7 +155,7 @@ def plan_cache_splits(
         warning = split_rules.write_memory(memory, fractions, decisions)
         plan.notes.append(warning or f"decided splits remembered in {memory}")
     if check_leakage:
-        from pipeline.health.leakage import leakage_notes
+        from pipeline.analysis.health.leakage import leakage_notes
 
         plan.notes.extend(leakage_notes(cache, plan.splits))
     for split in ("train", "val"):

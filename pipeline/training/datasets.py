@@ -1,7 +1,7 @@
 """The Python side of stage two, for notebooks: a cache's splits as numpy arrays, and any classifier as a run.
 
 >>> from features_cache import FeatureCache
->>> from pipeline.datasets import load_split, save_run
+>>> from pipeline.training.datasets import load_split, save_run
 >>> with FeatureCache("cache/photos.h5") as cache:
 ...     X_train, y_train = load_split(cache, "train", pooling="avg")
 ...     clf = LogisticRegression(max_iter=1000).fit(X_train, y_train)
@@ -22,15 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import EstimatorHead, Head
-from classifiers.base import pool_maps
+from classifiers.base import POOLINGS, pool_maps
 from features_cache.reader import FeatureCache
-from pipeline import runs
 from pipeline.errors import PipelineError
-from pipeline.metrics import evaluate
-from pipeline.splits import DEFAULT_FRACTIONS, SPLITS
-from pipeline.train import TrainOptions, class_labels, plan_cache_splits, predict, run_config, write_run
-
-POOLINGS = (None, "avg", "max", "flatten")
+from pipeline.training import runs
+from pipeline.training.metrics import evaluate
+from pipeline.training.splits import DEFAULT_FRACTIONS, SPLITS
+from pipeline.training.train import TrainOptions, class_labels, plan_cache_splits, predict, run_config, write_run
 
 
 def load_split(
@@ -52,8 +50,8 @@ def load_split(
         rows = plan_cache_splits(cache, fractions).rows(split)
     else:
         raise PipelineError(f"split {split!r} is unknown; use train, val, test or all")
-    if pooling not in POOLINGS:
-        raise PipelineError(f"pooling={pooling!r} is unknown; use one of {', '.join(map(str, POOLINGS))}")
+    if pooling is not None and pooling not in POOLINGS:
+        raise PipelineError(f"pooling={pooling!r} is unknown; use one of {', '.join(POOLINGS)} or None")
     X = pool_maps(cache.features(rows), pooling).astype(np.float32, copy=False)
     y = class_labels(cache, rows)
     if return_paths:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import html_page
-from pipeline.curves import learning_curve_svg
+from pipeline.analysis import html_page
+from pipeline.analysis.curves import learning_curve_svg
 from pipeline.errors import PipelineError
-from pipeline.runs import load_run_config, read_index, resolve_run
+from pipeline.training.runs import load_run_config, read_index, resolve_run
 
 ERRORS_COLUMNS = ("path", "true", "predicted", "confidence", "runner_up")
 

@@ -4,7 +4,7 @@ On the same photo-like JPEGs, each ``pipeline extract`` runs as its own whole pr
 (Ray's start-up included, as a user pays it): the single-machine engine, then Ray with
 1 and 2 model workers, at a small N where start-up dominates and a larger one.
 
-    python -m pipeline.ray_bench --n 64 512 --size 224 --out bench-out
+    python -m bench.ray_cluster --n 64 512 --size 224 --out bench-out
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.bench import dataset, device, fresh, run_process
+from bench.throughput import dataset, device, fresh, run_process
+from pipeline.quiet import quiet_start
 
 RUNS = (("local", None), ("ray", 1), ("ray", 2))
 
@@ -58,13 +59,14 @@ def report(rows: list[dict], size: int, batch: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ray_bench", description=__doc__.splitlines()[0])
+    quiet_start()
+    parser = argparse.ArgumentParser(prog="python -m bench.ray_cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[64, 512], help="image counts (default 64 512)")
     parser.add_argument("--size", type=int, default=224, help="input size (default 224)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--out", default="bench-out", help="folder for data, caches, logs and ray-bench.json")
     args = parser.parse_args(argv)
-    from pipeline.distributed import import_ray
+    from pipeline.extraction.ray_engine import import_ray
 
     import_ray()  # the one-line install hint before generating any data
     out = Path(args.out).resolve()

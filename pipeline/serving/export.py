@@ -7,7 +7,7 @@ recipe's interpolation, centre crop for ``resize=crop``, and antialiasing when i
 as Pillow's resize does; so callers may pass any height and width and get what training
 saw (within JPEG draft decoding's rounding: pass images already at the recipe's size for
 bit-for-bit agreement). The model sees pixels as given: apply the EXIF orientation first,
-as :func:`serving_image` does. Load it with ``import pipeline.export`` first: that
+as :func:`serving_image` does. Load it with ``import pipeline.serving.export`` first: that
 registers the custom layers (``keras.saving.load_model(path)``).
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.backbones import CastTo
 from pipeline.errors import PipelineError, check_output_file
-from pipeline.predict import RunModel
+from pipeline.extraction.backbones import CastTo
+from pipeline.serving.predict import RunModel
 
 # Pillow's filters by the names keras.layers.Resizing knows.
 KERAS_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "lanczos3", "nearest": "nearest", "area": "area"}
@@ -77,7 +77,7 @@ def serving_image(path: str | os.PathLike, image_size: int | None = None, resize
     only vanishes at full size. The model resizes."""
     from PIL import Image
 
-    from pipeline.images import apply_exif_orientation, reduce_jpeg, to_rgb
+    from pipeline.extraction.images import apply_exif_orientation, reduce_jpeg, to_rgb
 
     with Image.open(path) as image:
         if image_size is not None and resize == "stretch":

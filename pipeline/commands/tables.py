@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features_cache.reader import FeatureCache
-from pipeline.extract import ExtractReport
+from pipeline.extraction.extract import ExtractReport
 
 console = Console(highlight=False, soft_wrap=True)
 

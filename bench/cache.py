@@ -129,7 +129,7 @@ def measure(folder: Path, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cache_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cache", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=DEFAULT_ROWS, help="rows (default 20,000)")
     parser.add_argument("--out", default="bench-out/cache", help="scratch folder (deleted first)")
     args = parser.parse_args(argv)
