@@ -85,8 +85,8 @@ def precision_recall(found: set[str], planted: set[str]) -> str:
 def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them."""
     from classifiers import LogRegHead
-    from pipeline.analysis.health import duplicates, labels, outliers
-    from pipeline.analysis.health.embeddings import unit_rows
+    from pipeline.health import duplicates, labels, outliers
+    from pipeline.health.embeddings import unit_rows
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from bench.photos import photo
+from features_cache import atomic
 from pipeline.quiet import quiet_start
 
 CLASSES = ("beach", "city", "forest")
@@ -75,9 +76,8 @@ def _pool_path(out: Path, index: int) -> Path:
 def _generate(out: Path, index: int) -> None:
     source = _pool_path(out, index)
     source.parent.mkdir(parents=True, exist_ok=True)
-    tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
-    photo(index).save(tmp, format="JPEG", quality=90)
-    tmp.replace(source)
+    with atomic.replacing(source) as tmp:
+        photo(index).save(tmp, format="JPEG", quality=90)
 
 
 def dataset(out: Path, n: int) -> Path:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from features_cache import schema
-from features_cache.faults import checkpoint
+from features_cache.atomic import replacing
 from features_cache.records import FileRecord, SkippedFile
 
 STRING = h5py.string_dtype("utf-8")
@@ -50,31 +50,16 @@ def atomic_h5(path: str | os.PathLike, kind: str = "shard", in_memory: bool = Tr
     Small files (shards, the index) are built in memory and written with one plain
     ``write``: a full disk is then one clean ``OSError``, never HDF5 failing mid-flush.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path, kind=kind) as tmp:
         if in_memory:
             image = io.BytesIO()
             with h5py.File(image, "w") as f:
                 yield f
             with open(tmp, "wb") as handle:
                 handle.write(image.getbuffer())
-                handle.flush()
-                os.fsync(handle.fileno())
         else:
             with h5py.File(tmp, "w") as f:
                 yield f
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        checkpoint(f"{kind}-before-rename")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from features_cache import atomic
+
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -29,7 +31,6 @@ def write_digits(folder: str | Path, per_class: int | None = None) -> Path:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(np.round(pixels * (255 / 16)).astype(np.uint8), "L")
-        tmp = path.with_name(path.name + ".tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic.replacing(path) as tmp:
+            image.save(tmp, format="PNG")
     return folder

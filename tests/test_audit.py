@@ -15,10 +15,10 @@ from PIL import Image
 
 from features_cache.reader import FeatureCache
 from pipeline.analysis.audit import run_audit
-from pipeline.analysis.health import duplicates, labels, outliers
 from pipeline.cli import main
 from pipeline.demo_data import CLASS_NAMES, write_digits
 from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.health import duplicates, labels, outliers
 
 PER_CLASS = 40
 PLANTED_PER_CLASS = 2

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.analysis.health import balance, duplicates, labels, outliers
-from pipeline.analysis.health.embeddings import pooled, unit_rows
 from pipeline.errors import PipelineError
+from pipeline.health import balance, duplicates, labels, outliers
+from pipeline.health.embeddings import pooled, unit_rows
 
 
 @dataclasses.dataclass

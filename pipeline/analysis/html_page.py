@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from features_cache import atomic
+
 THUMBNAIL_SIZE = 128
 CELL = 34
 
@@ -162,7 +164,5 @@ def cards_html(cards: Sequence[Card]) -> str:
 
 def write_page(path: Path, page: str) -> Path:
     """Write atomically, so a reader never sees half a page."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, page)
     return path

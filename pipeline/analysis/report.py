@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features_cache import atomic
 from pipeline.analysis import html_page
 from pipeline.analysis.curves import learning_curve_svg
 from pipeline.errors import PipelineError
@@ -156,13 +157,11 @@ def read_history(run_dir: Path) -> dict:
 
 
 def write_errors_csv(report: ErrorReport) -> None:
-    tmp = report.errors_csv.with_name(report.errors_csv.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic.open_replacing(report.errors_csv, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(ERRORS_COLUMNS)
         for m in report.mistakes:
             writer.writerow([m.path, m.true, m.predicted, f"{m.confidence:.6f}", m.runner_up])
-    tmp.replace(report.errors_csv)
 
 
 def summary_line(report: ErrorReport) -> str:

@@ -58,9 +58,11 @@ def output_folder(cache: str, out: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.analysis import audit_files as files
+    from pipeline.analysis import audit_page as page
     from pipeline.analysis.audit import run_audit
-    from pipeline.analysis.health import duplicates, files, page
     from pipeline.analysis.html_page import write_page
+    from pipeline.health import duplicates
 
     params = head_params(args.head.lower(), args.set)
     folder = output_folder(args.cache, args.out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from features_cache.records import TRANSIENT, content_hash
+from pipeline.memory import available_memory
 
 RESIZE_MODES = ("stretch", "crop")
 INTERPOLATIONS = {
@@ -70,11 +70,7 @@ class DecodeBudget:
 
 def default_budget() -> DecodeBudget:
     """A quarter of the memory available now, between 256 MiB and 4 GiB."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 4 << 30
-    return DecodeBudget(min(4 << 30, max(256 << 20, available // 4)))
+    return DecodeBudget(min(4 << 30, max(256 << 20, available_memory() // 4)))
 
 
 def decoded_bytes(image: Image.Image) -> int:

@@ -34,10 +34,11 @@ from pipeline import progress
 from pipeline.errors import PipelineError
 from pipeline.extraction.images import ResizeSpec, default_budget
 from pipeline.extraction.loader import LoadTask, load_file
+from pipeline.extraction.options import ExtractOptions
+from pipeline.extraction.shard_writer import ShardWriter, check_finite
 
 if TYPE_CHECKING:
     from pipeline.extraction.backbones import Backbone
-    from pipeline.extraction.extract import ExtractOptions
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'cnn-codes-pipeline[distributed]' (or `make setup-distributed`)"
 WRITE_SHARDS = ("auto", "workers", "driver")
@@ -120,8 +121,6 @@ class FeatureActor:
 
     def _features(self, images: np.ndarray, records: list[FileRecord]) -> np.ndarray:
         """Padded to the fixed batch shape, as on one machine, so the compiled step never retraces."""
-        from pipeline.extraction.extract import check_finite
-
         shape = self.backbone.feature_shape
         parts = [np.zeros((0, *shape), dtype=self.recipe.storage_dtype)]
         for start in range(0, len(images), self.batch_size):
@@ -149,8 +148,6 @@ def extract_on_ray(
     backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
 ) -> tuple[list[Shard], float]:
     """Run ``todo`` through Ray Data into shards; returns them (verified) and the seconds it took."""
-    from pipeline.extraction.extract import ShardWriter
-
     ray = import_ray()
     started = time.perf_counter()
     cache = Path(options.cache)

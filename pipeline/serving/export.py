@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from features_cache import atomic
 from pipeline.errors import PipelineError, check_output_file
 from pipeline.extraction.backbones import CastTo
 from pipeline.serving.predict import RunModel
@@ -93,7 +94,6 @@ def export(model: RunModel, out: str | Path) -> Path:
         raise PipelineError(f"{out}: the exported file must end in .keras; pass e.g. {out.with_suffix('.keras')}")
     check_output_file(out, "OUT")
     serving = build_serving_model(model)
-    tmp = out.with_name(out.stem + ".tmp.keras")
-    serving.save(tmp)
-    tmp.replace(out)
+    with atomic.replacing(out, suffix=".keras") as tmp:
+        serving.save(tmp)
     return out

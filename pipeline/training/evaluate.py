@@ -62,6 +62,6 @@ def run_evaluate(run: str, cache_path: str, runs_dir: str = "runs", split: str =
         metrics = evaluate(labels, proba, class_names)
         destination = Path(out) if out else run_dir / f"evaluate-{Path(cache_path).stem}.csv"
         write_predictions(
-            destination, [cache.paths[r] for r in rows], cache.splits[rows].tolist(), labels, proba, class_names
+            destination, [cache.paths[r] for r in rows], proba, class_names, splits=cache.splits[rows].tolist(), y_true=labels
         )
     return Evaluation(run_dir, Path(cache_path), split, metrics, destination)

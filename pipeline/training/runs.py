@@ -8,22 +8,33 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from features_cache import atomic
 from features_cache.reader import FeatureCache
 from features_cache.schema import Recipe
 from pipeline.errors import PipelineError
+from pipeline.versions import library_versions
+
+if TYPE_CHECKING:
+    from classifiers import Head
+    from pipeline.training.splits import SplitPlan
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 INDEX_FILE = "index.jsonl"
+JSON_TYPES = (str, int, float, bool, type(None), list, dict)
 
 
 def resolve_run(run: str, runs_dir: str | Path = "runs") -> Path:
@@ -65,26 +76,25 @@ def check_same_cache(config: dict, cache: FeatureCache) -> None:
 def write_predictions(
     path: Path,
     paths: Sequence[str],
-    splits: Sequence[str],
-    y_true: np.ndarray,
     proba: np.ndarray,
     class_names: Sequence[str],
+    *,
+    splits: Sequence[str] | None = None,
+    y_true: np.ndarray | None = None,
 ) -> None:
-    """``path,split,true,predicted,confidence,p_<class>...``: one row per evaluated image."""
-    predicted = np.argmax(proba, axis=1)
-    with path.open("w", newline="") as handle:
+    """``path[,split,true],predicted,confidence,p_<class>...``: one row per image, replaced atomically.
+
+    Runs and ``evaluate`` know each image's split and true class; ``predict`` on new images knows neither.
+    """
+    known = splits is not None and y_true is not None
+    predicted = np.argmax(proba, axis=1) if len(proba) else np.zeros(0, dtype=int)
+    with atomic.open_replacing(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "split", "true", "predicted", "confidence", *(f"p_{name}" for name in class_names)])
-        for row in range(len(paths)):
+        writer.writerow(["path", *(["split", "true"] if known else []), "predicted", "confidence", *(f"p_{n}" for n in class_names)])
+        for row, best in enumerate(predicted):
+            truth = [splits[row], class_names[y_true[row]]] if known else []
             writer.writerow(
-                [
-                    paths[row],
-                    splits[row],
-                    class_names[y_true[row]],
-                    class_names[predicted[row]],
-                    f"{proba[row, predicted[row]]:.6f}",
-                    *(f"{p:.6f}" for p in proba[row]),
-                ]
+                [paths[row], *truth, class_names[best], f"{proba[row, best]:.6f}", *(f"{p:.6f}" for p in proba[row])]
             )
 
 
@@ -110,11 +120,11 @@ def publish(staging: Path, folder: Path) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic.write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def append_index(runs_dir: Path, entry: dict) -> None:
-    with (runs_dir / INDEX_FILE).open("a") as handle:
+    with (runs_dir / INDEX_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
@@ -144,3 +154,87 @@ def read_index(runs_dir: str | Path) -> list[dict]:
 def ranked(entries: list[dict]) -> list[dict]:
     """Best first: highest validation accuracy, then lowest validation log loss (the test set stays for reporting)."""
     return sorted(entries, key=lambda e: (-e["val"]["accuracy"], e["val"]["log_loss"], e["name"]))
+
+
+def run_config(
+    cache: FeatureCache,
+    head: Head,
+    name: str,
+    in_memory: bool,
+    plan: SplitPlan,
+    fit_seconds: float,
+    *,
+    seed: int,
+    fractions: Sequence[float],
+) -> dict:
+    """What ``config.json`` records: the head and its settings, the splits, the cache and the versions."""
+    params = {key: value if isinstance(value, JSON_TYPES) else repr(value) for key, value in head.get_params().items()}
+    return {
+        "name": name,
+        "head": head.name,
+        "params": params,
+        "seed": params.get("seed", seed),
+        "class_names": cache.class_names,
+        "class_weight": params.get("class_weight") or "none",
+        "split": {
+            "fractions": [float(f) for f in fractions],
+            "stored": bool(any(cache.splits)),
+            "held_out": list(plan.held_out),
+            "counts": {split: int(len(plan.rows(split))) for split in ("train", "val", "test")},
+            "notes": plan.notes,
+        },
+        "load": "memory" if in_memory else "stream",
+        "cache": {
+            "path": str(Path(cache.path).resolve()),
+            "identity": cache.identity,
+            "recipe": dataclasses.asdict(cache.recipe),
+            "data_root": str(cache.data_root),
+            "feature_shape": list(cache.feature_shape),
+            "n_images": len(cache),
+        },
+        "fit_seconds": round(fit_seconds, 3),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+
+
+def write_run(
+    runs_dir: Path,
+    folder: Path,
+    head: Head,
+    config: dict,
+    metrics: dict,
+    cache: FeatureCache,
+    indices: dict[str, np.ndarray],
+    probas: dict[str, np.ndarray],
+) -> dict:
+    """Write every file into a staging folder, move it into place, then index it; returns the index entry."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
+    head.save(staging)
+    write_json(staging / CONFIG_FILE, config)
+    write_json(staging / METRICS_FILE, metrics)
+    held_out = list(probas)
+    rows = np.concatenate([indices[split] for split in held_out])
+    write_predictions(
+        staging / PREDICTIONS_FILE,
+        [cache.paths[r] for r in rows],
+        np.concatenate([probas[split] for split in held_out]),
+        cache.class_names,
+        splits=[split for split in held_out for _ in indices[split]],
+        y_true=cache.labels[rows],
+    )
+    publish(staging, folder)
+    summary = ("accuracy", "macro_f1", "log_loss")
+    entry = {
+        "name": config["name"],
+        "head": config["head"],
+        "params": config["params"],
+        "seed": config["seed"],
+        "cache_identity": config["cache"]["identity"],
+        "cache_path": config["cache"]["path"],
+        "created_at": config["created_at"],
+        "fit_seconds": config["fit_seconds"],
+        **{split: {key: metrics[split][key] for key in summary} if split in metrics else None for split in ("val", "test")},
+    }
+    append_index(runs_dir, entry)
+    return entry

@@ -27,12 +27,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from features_cache import atomic
+from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
@@ -178,10 +179,45 @@ def write_memory(path: Path, fractions: Sequence[float], decisions: dict[str, st
     try:
         if path.exists() and path.read_text(encoding="utf-8") == text:
             return None
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text, errors="surrogateescape")
     except OSError as error:
         return f"could not remember the splits in {path} ({error.strerror or error}); adding images later may move some"
     return None
+
+
+def plan_cache_splits(
+    cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False
+) -> SplitPlan:
+    """Every row's split (see this module's rules), remembered beside the cache; checked for training.
+
+    Training needs images of every class and a val split; a missing test split is allowed.
+    ``check_leakage`` adds a warning note per held-out split with near-duplicates in train
+    (it reads every feature once more).
+    """
+    if len(cache.class_names) < 2:
+        raise PipelineError(
+            f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
+            "a classifier needs at least 2 class folders; add another class and run extract again"
+        )
+    memory = memory_path(cache.path)
+    plan, decisions = plan_splits(
+        cache.paths, cache.labels, cache.splits, fractions, read_memory(memory, fractions)
+    )
+    if decisions:
+        warning = write_memory(memory, fractions, decisions)
+        plan.notes.append(warning or f"decided splits remembered in {memory}")
+    if check_leakage:
+        from pipeline.health.leakage import leakage_notes
+
+        plan.notes.extend(leakage_notes(cache, plan.splits))
+    for split in ("train", "val"):
+        if len(plan.rows(split)) == 0:
+            raise PipelineError(
+                f"{cache.path}: the {split} split has no images ({len(cache)} in total, "
+                f"{'; '.join(plan.notes)}); add images to the classes"
+            )
+    missing = sorted(set(range(len(cache.class_names))) - set(cache.labels[plan.rows("train")].tolist()))
+    if missing:
+        names = ", ".join(cache.class_names[m] for m in missing)
+        raise PipelineError(f"{cache.path}: class {names} has no training images; add images to it or remove the class")
+    return plan

@@ -6,6 +6,8 @@ import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from features_cache import atomic
+
 DUPLICATES = "duplicates.csv"
 OUTLIERS = "outliers.csv"
 LABEL_ISSUES = "label_issues.csv"
@@ -14,12 +16,10 @@ CLASSES = "classes.csv"
 
 def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
     """Write atomically, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic.open_replacing(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    tmp.replace(path)
     return path
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from features_cache.reader import FeatureCache
-from pipeline.analysis.health import duplicates
-from pipeline.analysis.health.embeddings import pooled, unit_rows
+from pipeline.health import duplicates
+from pipeline.health.embeddings import pooled, unit_rows
 
 # Above this many images the check costs a second read of every feature; `pipeline audit` does it then.
 MAX_IMAGES = 50_000

@@ -1,0 +1,119 @@
+"""Committing a stage-one run: the rows of the new index, version-1 features copied into
+shards, the shard table, the atomic index replace, then garbage collection of shards no
+row refers to. Until the index is replaced, readers see the previous cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from features_cache import schema
+from features_cache.errors import no_space
+from features_cache.reader import FeatureCache
+from features_cache.records import SkippedFile
+from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
+from features_cache.writer import FeatureSource, Row, write_index
+from pipeline.errors import PipelineError
+from pipeline.extraction.sources import Dataset
+from pipeline.versions import library_versions
+
+
+def index_rows(dataset: Dataset, ready: dict[str, tuple]) -> tuple[list[str], list[Row]]:
+    """The class names and the rows, in the data set's order, of every image with features."""
+    present = [entry for entry in dataset.entries if entry.path in ready]
+    class_names = sorted({entry.label for entry in present})
+    index = {name: i for i, name in enumerate(class_names)}
+    rows = [Row(ready[e.path][0], index[e.label], e.split, ready[e.path][1]) for e in present]
+    return class_names, rows
+
+
+def unchanged(old: FeatureCache, dataset: Dataset, class_names: list[str], rows: list[Row], skipped: list[SkippedFile]) -> bool:
+    """Whether ``old`` already says exactly this: same root, classes, records, labels, splits and skips."""
+    return (
+        str(old.data_root) == str(dataset.root)
+        and old.class_names == class_names
+        and old.records() == [row.record for row in rows]
+        and list(old.labels) == [row.label for row in rows]
+        and list(old.splits) == [row.split for row in rows]
+        and old.skipped() == skipped
+    )
+
+
+def commit(
+    cache_path: Path,
+    recipe: schema.Recipe,
+    feature_shape: tuple[int, ...],
+    dataset: Dataset,
+    class_names: list[str],
+    rows: list[Row],
+    skipped: list[SkippedFile],
+    old: FeatureCache | None,
+    known: list[Shard],
+    attrs: dict,
+) -> set[Path]:
+    """Write the new index atomically; returns the shard files it lists (for garbage collection)."""
+    rows = _into_shards(cache_path, recipe, rows, feature_shape)
+    table = _shard_table(cache_path, rows, old, known)
+    attrs = {
+        "data_root": str(dataset.root),
+        "source_kind": dataset.kind,
+        "created_at": old.attrs.get("created_at", _now()) if old else _now(),
+        **attrs,
+        **library_versions(),
+    }
+    try:
+        write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,
+                    rows=rows, skipped=skipped, attrs=attrs, shards=table)
+    except OSError as error:
+        raise PipelineError(str(no_space(cache_path.parent, (1 << 20) + 200 * len(rows), error))) from None
+    return {cache_path.parent.resolve() / name for name, *_ in table}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _into_shards(cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...]) -> list[Row]:
+    """Copy rows whose features are not in a shard (a version-1 cache being upgraded) into new shards."""
+    folder = schema.shards_dir(cache_path).resolve()
+    outside = [i for i, row in enumerate(rows) if Path(row.source.file).resolve().parent != folder]
+    if not outside:
+        return rows
+    folder.mkdir(exist_ok=True)
+    rows = list(rows)
+    per_shard = max(1, schema.chunk_rows(feature_shape, np.dtype(recipe.storage_dtype).itemsize) * 16)
+    for start in range(0, len(outside), per_shard):
+        part = outside[start : start + per_shard]
+        with h5py.File(rows[part[0]].source.file, "r") as f:
+            features = np.stack([f[schema.FEATURES][rows[i].source.index] for i in part])
+        path = new_shard_path(cache_path)
+        try:
+            write_shard(path, recipe, features, [rows[i].record for i in part], [])
+        except OSError as error:
+            raise PipelineError(str(no_space(folder, features.nbytes, error))) from None
+        for n, i in enumerate(part):
+            rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
+    return rows
+
+
+def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str]]:
+    """``(relative file, rows, bytes, digest)`` of every shard a row refers to, in first-use order."""
+    facts: dict[Path, tuple[int, str]] = {}
+    if old is not None and old.version == schema.SCHEMA_VERSION:
+        facts = {f.resolve(): (size, digest) for f, size, digest in zip(old.shard_files, old.shard_sizes, old.shard_digests)}
+    facts.update({shard.path.resolve(): (shard.size, shard.digest) for shard in known})
+    folder = cache_path.parent.resolve()
+    table: dict[Path, tuple[str, int, int, str]] = {}
+    for row in rows:
+        file = Path(row.source.file).resolve()
+        if file not in table:
+            size, digest = facts.get(file) or (file.stat().st_size, file_digest(file))
+            with h5py.File(file, "r") as f:
+                count = len(f[schema.FEATURES])
+            table[file] = (os.path.relpath(file, folder), count, size, digest)
+    return list(table.values())

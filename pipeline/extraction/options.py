@@ -1,0 +1,151 @@
+"""What a stage-one run was asked for: the options, their checks, and the policies that turn
+them into a recipe (precision, pixel decoder) or a cheap fingerprint of the request."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+from importlib import metadata
+from pathlib import Path
+
+from features_cache import schema
+from features_cache.errors import CacheError
+from features_cache.reader import FeatureCache
+from features_cache.records import FileStamp
+from pipeline.errors import PipelineError
+from pipeline.extraction.backbone_specs import check_backbone, cpu_flags, weights_path
+from pipeline.extraction.images import ResizeSpec
+from pipeline.extraction.loader import resolve_decoder
+
+STORAGE_DTYPES = ("float16", "float32")
+ENGINES = ("local", "ray")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    data: str
+    cache: str
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    precision: str = "auto"
+    storage_dtype: str = "float16"
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    max_pixels: int | None = None
+    workers: int | None = None
+    decoder: str = "auto"
+    engine: str = "local"
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+    write_shards: str = "auto"
+    seed: int = 0
+    force: bool = False
+    prune: bool = False
+
+
+def check_options(options: ExtractOptions) -> None:
+    """One line for the first option that cannot work, before any file is read (Ray's own checks
+    are the Ray engine's: :func:`pipeline.extraction.ray_engine.check_ray_options`)."""
+    if options.storage_dtype not in STORAGE_DTYPES:
+        raise PipelineError(f"unknown storage dtype {options.storage_dtype!r}; use float16 or float32")
+    if options.batch_size < 1:
+        raise PipelineError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_pixels is not None and options.max_pixels < 1:
+        raise PipelineError(f"--max-pixels must be a positive number of pixels, got {options.max_pixels}")
+    if options.image_size < 1:
+        raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
+    check_backbone(options.backbone)
+    if options.decoder != "gpu":
+        resolve_decoder(options.decoder, options.workers or 1)
+    if options.decoder == "gpu" and options.engine == "ray":
+        raise PipelineError("--decoder gpu runs with the local engine; on Ray, workers decode on their CPUs")
+    if options.engine not in ENGINES:
+        raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
+    cache = Path(options.cache)
+    if cache.is_dir() and (not options.force or any(cache.iterdir())):
+        raise PipelineError(f"--cache {cache}: is a folder, not a cache file; pass a file path, e.g. {cache / 'features.h5'}")
+    parent = cache.resolve().parent
+    if not parent.is_dir():
+        raise PipelineError(f"{options.cache}: folder {parent} does not exist; create it or choose another --cache path")
+    if not os.access(parent, os.W_OK):
+        raise PipelineError(f"{options.cache}: folder {parent} is not writable; choose another --cache path")
+
+
+def request_fingerprint(options: ExtractOptions) -> str:
+    """What was asked for, on which machine and libraries: a cheap stand-in for the recipe.
+
+    When it equals the one stored by the run that wrote the cache, and no file changed,
+    the run is a no-op decided without importing Keras or building the model. Anything
+    else takes the full path, which checks the real recipe.
+    """
+    weights_file = weights_path(options.backbone, options.weights, options.image_size)
+    stamp = None
+    if weights_file is not None and weights_file.is_file():
+        stamp = dataclasses.astuple(FileStamp.of(weights_file))
+    payload = {
+        **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
+        "weights_file": str(weights_file) if weights_file else None,
+        "weights_stamp": stamp,
+        "gpu_decoding": options.decoder == "gpu",  # threads or processes make the same pixels; the GPU does not
+        "host": socket.gethostname(),
+        "keras_backend": os.environ.get("KERAS_BACKEND", ""),
+        "keras": _installed_version("keras"),
+        "cpu_bfloat16": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_NOT_IN_REQUEST = (
+    "data", "cache", "workers", "decoder", "force", "prune", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
+)
+
+
+def _installed_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
+    """What makes the pixels, for the recipe: Pillow, or the GPU decoder (``--decoder gpu``, or
+    ``auto`` on a CUDA machine where it runs, unless an existing cache was made with Pillow)."""
+    if options.decoder not in ("gpu", "auto") or options.engine != "local":
+        return schema.PILLOW
+    from pipeline.extraction import device_decode
+
+    reason = device_decode.unavailable(spec)
+    if options.decoder == "gpu":
+        if reason:
+            raise PipelineError(f"--decoder gpu: {reason}; or use --decoder auto")
+        return device_decode.decoder_label()
+    if reason or device_decode.device_name() != "cuda":
+        return schema.PILLOW
+    try:
+        with FeatureCache(options.cache) as cache:
+            if cache.recipe.decoder == schema.PILLOW and not options.force:
+                return schema.PILLOW  # a cache is never split between decoders by auto
+    except CacheError:
+        pass
+    return device_decode.decoder_label()
+
+
+def auto_precision(options: ExtractOptions) -> tuple[str, list[str]]:
+    """``auto`` on an existing cache keeps the cache's precision, so the machine never splits a cache.
+
+    Every precision runs on every machine (bfloat16 is emulated on CPUs without AMX, only
+    slower); choosing by machine would refuse a bfloat16 cache on a float32 laptop.
+    """
+    if options.precision != "auto" or options.force:
+        return options.precision, []
+    try:
+        with FeatureCache(options.cache) as cache:
+            precision = cache.recipe.precision
+    except CacheError:
+        return options.precision, []
+    return precision, [f"precision auto: {precision}, the precision {options.cache} was made with"]
