@@ -1,34 +1,52 @@
-"""Heads trained on cached CNN codes; ``HEADS`` maps each ``--head`` name to its class."""
+"""Heads trained on cached CNN codes; ``HEADS`` maps each ``--head`` name to its class.
+
+Each head's module is imported when that head is first asked for (PEP 562), so a
+scikit-learn head, the errors or ``get_head("logreg")`` never import Keras.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from classifiers.base import HEAD_FILE, Head, RowSource
-from classifiers.dense import DenseHead
 from classifiers.errors import FeatureShapeError, HeadError, SettingError
-from classifiers.external import EstimatorHead
-from classifiers.gap import GapHead
-from classifiers.logreg import LogRegHead
 
-HEADS: dict[str, type[Head]] = {head.name: head for head in (DenseHead, GapHead, LogRegHead)}
-# Heads a run folder may hold besides HEADS: any scikit-learn classifier saved from Python.
-SAVED_HEADS: dict[str, type[Head]] = {**HEADS, EstimatorHead.name: EstimatorHead}
+# ``--head`` name -> (module, class); the Keras heads stay unimported until used.
+_HEAD_CLASSES = {
+    "dense": ("classifiers.dense", "DenseHead"),
+    "gap": ("classifiers.gap", "GapHead"),
+    "logreg": ("classifiers.logreg", "LogRegHead"),
+}
+# Heads a run folder may hold besides those: any scikit-learn classifier saved from Python.
+_SAVED_CLASSES = {**_HEAD_CLASSES, "sklearn": ("classifiers.external", "EstimatorHead")}
+HEAD_NAMES = tuple(_HEAD_CLASSES)
 
 __all__ = [
-    "HEADS", "DenseHead", "EstimatorHead", "FeatureShapeError", "GapHead", "Head", "HeadError", "LogRegHead", "RowSource",
-    "SettingError",
-    "get_head", "load_head",
+    "HEADS", "HEAD_NAMES", "DenseHead", "EstimatorHead", "FeatureShapeError", "GapHead", "Head", "HeadError",
+    "LogRegHead", "RowSource", "SettingError", "get_head", "load_head",
 ]
+
+
+def _load(module: str, name: str) -> type[Head]:
+    return getattr(importlib.import_module(module), name)
+
+
+def __getattr__(attribute: str):
+    if attribute == "HEADS":
+        return {name: _load(*where) for name, where in _HEAD_CLASSES.items()}
+    for module, name in _SAVED_CLASSES.values():
+        if attribute == name:
+            return _load(module, name)
+    raise AttributeError(f"module 'classifiers' has no attribute {attribute!r}")
 
 
 def get_head(name: str) -> type[Head]:
     """The head class called ``name``, or a one-line error listing the known heads."""
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise HeadError(f"unknown head {name!r}; use --head with one of {', '.join(HEADS)}") from None
+    if name not in _HEAD_CLASSES:
+        raise HeadError(f"unknown head {name!r}; use --head with one of {', '.join(HEAD_NAMES)}")
+    return _load(*_HEAD_CLASSES[name])
 
 
 def load_head(run_dir: Path) -> Head:
@@ -41,9 +59,9 @@ def load_head(run_dir: Path) -> Head:
         kind = json.loads(meta_path.read_text(encoding="utf-8"))["head"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise HeadError(f"{meta_path}: damaged ({error}); train the run again") from None
-    if kind not in SAVED_HEADS:
-        raise HeadError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(SAVED_HEADS)}")
-    head_cls = SAVED_HEADS[kind]
+    if kind not in _SAVED_CLASSES:
+        raise HeadError(f"{meta_path}: unknown head {kind!r}; this version reads {', '.join(_SAVED_CLASSES)}")
+    head_cls = _load(*_SAVED_CLASSES[kind])
     try:
         return head_cls.load(run_dir)
     except HeadError:

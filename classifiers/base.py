@@ -69,6 +69,11 @@ class Head(ClassifierMixin, BaseEstimator):
     model_file: ClassVar[str]
     _parameter_constraints: ClassVar[dict[str, list]] = {}
 
+    def _store(self, arguments: dict[str, Any]) -> None:
+        """What every head's ``__init__`` does with ``locals()``: keep each keyword setting as it came, nothing more."""
+        for name in self._get_param_names():
+            setattr(self, name, arguments[name])
+
     @classmethod
     def param_names(cls) -> list[str]:
         return sorted(cls._get_param_names())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 from typing import ClassVar
 
 import keras
@@ -23,42 +23,18 @@ class DenseHead(KerasHead):
     _parameter_constraints: ClassVar[dict[str, list]] = {
         **KerasHead._parameter_constraints,
         "units": [Interval(Integral, 1, None, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
     }
 
     def __init__(
         self,
         *,
-        units: int = 256,
-        dropout: float = 0.5,
-        learning_rate: float = 2e-4,
-        optimizer: str = "rmsprop",
-        batch_size: int = 20,
-        epochs: int = 20,
-        early_stopping: int = 0,
-        reduce_lr: int = 0,
-        standardize: bool = True,
-        validation_fraction: float = 0.1,
-        class_weight: dict | str | None = None,
-        verbose: int | str = "auto",
-        seed: int = 0,
+        units: int = 256, dropout: float = 0.5,
+        learning_rate: float = 2e-4, optimizer: str = "rmsprop", batch_size: int = 20, epochs: int = 20,
+        early_stopping: int = 0, reduce_lr: int = 0, standardize: bool = True, validation_fraction: float = 0.1,
+        class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0,
     ) -> None:
-        self.units = units
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.optimizer = optimizer
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.early_stopping = early_stopping
-        self.reduce_lr = reduce_lr
-        self.standardize = standardize
-        self.validation_fraction = validation_fraction
-        self.class_weight = class_weight
-        self.verbose = verbose
-        self.seed = seed
+        self._store(locals())
 
-    def body(self, x, n_classes: int):
+    def body(self, x):
         x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(self.units, activation="relu")(x)
-        x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
-        return keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        return keras.layers.Dense(self.units, activation="relu")(x)

@@ -29,8 +29,7 @@ class EstimatorHead(Head):
     }
 
     def __init__(self, *, estimator: Any = None, pooling: str = "avg") -> None:
-        self.estimator = estimator
-        self.pooling = pooling
+        self._store(locals())
 
     def _reduce(self, X: np.ndarray) -> np.ndarray:
         return pool_maps(X, self.pooling)

@@ -1,6 +1,7 @@
 """What the Keras heads share: seeded deterministic training, callbacks, streaming, files.
 
-A subclass only declares its settings and stacks its layers in ``body``. With
+A subclass only declares its settings and stacks its own layers in ``body``; the
+shared ones (standardisation, dropout, the softmax layer) are added around them. With
 ``standardize`` (the default) the model starts with a Normalization layer holding the
 training features' per-channel mean and variance: codes from randomly initialised or
 unusual backbones can be tiny and nearly constant, and the layer makes the learning
@@ -96,6 +97,7 @@ class KerasHead(Head):
 
     model_file = "model.keras"
     _parameter_constraints: ClassVar[dict[str, list]] = {
+        "dropout": [Interval(Real, 0, 1, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -109,14 +111,19 @@ class KerasHead(Head):
         "seed": [Interval(Integral, 0, None, closed="left")],
     }
 
-    def body(self, x, n_classes: int):
-        """The head's layers from (standardised) features ``x`` to ``n_classes`` softmax probabilities."""
+    def body(self, x):
+        """The head's own layers, from (standardised) feature maps ``x`` to one vector per image."""
         raise NotImplementedError
 
     def build(self, n_classes: int, mean: np.ndarray, variance: np.ndarray) -> keras.Model:
+        """Normalization (with ``standardize``) -> ``body`` -> Dropout (when ``dropout``) -> Dense softmax."""
         inputs = keras.Input(shape=self.input_shape_, name="features")
         x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)(inputs) if self.standardize else inputs
-        return keras.Model(inputs, self.body(x, n_classes), name=f"{self.name}_head")
+        x = self.body(x)
+        if self.dropout:
+            x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model(inputs, outputs, name=f"{self.name}_head")
 
     def fit(self, X, y, *, X_val=None, y_val=None) -> KerasHead:
         """Train on ``X, y``; ``X_val, y_val`` are watched by early stopping and ``reduce_lr`` and kept in the history.

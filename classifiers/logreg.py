@@ -41,11 +41,7 @@ class LogRegHead(Head):
         tol: float = 1e-4,
         class_weight: dict | str | None = None,
     ) -> None:
-        self.C = C
-        self.max_iter = max_iter
-        self.pooling = pooling
-        self.tol = tol
-        self.class_weight = class_weight
+        self._store(locals())
 
     def _reduce(self, X: np.ndarray) -> np.ndarray:
         return pool_maps(X, self.pooling)

@@ -21,8 +21,7 @@ class FeatureCache:
     not marked complete, or that an interrupted ``extract`` run is still filling.
     """
 
-    def __init__(self, path: str | os.PathLike, *, resuming: bool = False) -> None:
-        """``resuming`` is accepted for old callers: shards not yet indexed never affect a reader."""
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._open_shards: dict[int, h5py.File] = {}
         if not self.path.exists():
@@ -117,10 +116,6 @@ class FeatureCache:
     @property
     def data_root(self) -> Path:
         return Path(str(self.attrs.get("data_root", "")))
-
-    @property
-    def features_nbytes(self) -> int:
-        return int(self._features.size * self._features.dtype.itemsize)
 
     @property
     def disk_bytes(self) -> int:

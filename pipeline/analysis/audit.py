@@ -93,11 +93,11 @@ def check_folds(label_ids: np.ndarray, class_names: list[str], folds: int) -> No
 
 def head_estimator(head: str, params: dict):
     """The estimator cross-validated for label issues: a head on the pooled codes."""
-    from classifiers import HEADS
+    from classifiers import HEAD_NAMES, get_head
 
-    if head not in HEADS:
-        raise PipelineError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
-    estimator = HEADS[head](**params)
+    if head not in HEAD_NAMES:
+        raise PipelineError(f"unknown head {head!r}; use one of {', '.join(HEAD_NAMES)}")
+    estimator = get_head(head)(**params)
     if "verbose" in estimator.get_params():
         estimator.set_params(verbose=0)
     return estimator

@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
 def settings_text(entry: dict) -> str:
     """The settings that differ from the head's defaults: what tells runs apart."""
-    from classifiers import HEADS
+    from classifiers import HEAD_NAMES, get_head
 
-    defaults = HEADS[entry["head"]].defaults() if entry["head"] in HEADS else {}
+    defaults = get_head(entry["head"]).defaults() if entry["head"] in HEAD_NAMES else {}
     return " ".join(f"{k}={v}" for k, v in entry["params"].items() if defaults.get(k) != v) or "defaults"
 
 

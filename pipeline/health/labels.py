@@ -40,16 +40,6 @@ def confident_labels(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarra
     return np.where(above.any(axis=1), best, -1)
 
 
-def confident_joint(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(k, k) counts: rows the given label, columns the confidently counted class."""
-    k = probabilities.shape[1]
-    counted = confident_labels(probabilities, labels)
-    joint = np.zeros((k, k), dtype=np.int64)
-    keep = counted >= 0
-    np.add.at(joint, (labels[keep], counted[keep]), 1)
-    return joint
-
-
 def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """True where the image falls off the confident joint's diagonal."""
     counted = confident_labels(probabilities, labels)
