@@ -9,7 +9,8 @@ import pytest
 
 from classifiers import HEADS, FeatureShapeError, SettingError, load_head
 from features_cache.reader import FeatureCache
-from pipeline.training.train import CacheRows, class_labels, plan_cache_splits
+from pipeline.training.splits import plan_cache_splits
+from pipeline.training.train import CacheRows, class_labels
 
 # Settings that make each head learn within seconds on 280 tiny random-VGG16 codes.
 TEST_SETTINGS = {"dense": {"epochs": 10, "verbose": 0}, "gap": {"epochs": 10, "verbose": 0}, "logreg": {}}

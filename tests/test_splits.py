@@ -12,8 +12,7 @@ from features_cache.reader import FeatureCache
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
-from pipeline.training.splits import memory_path, plan_splits
-from pipeline.training.train import plan_cache_splits
+from pipeline.training.splits import memory_path, plan_cache_splits, plan_splits
 
 
 def splits_of(cache_path: Path) -> dict[str, str]:

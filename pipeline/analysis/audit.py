@@ -116,7 +116,7 @@ def run_audit(
     """Every section of the health report for the cache at ``cache_path``."""
     from features_cache.errors import CacheError
     from features_cache.reader import FeatureCache
-    from pipeline.training.train import plan_cache_splits
+    from pipeline.training.splits import plan_cache_splits
 
     if ranking not in labels.RANKINGS:
         raise PipelineError(f"--rank {ranking}: unknown ranking; use one of {', '.join(labels.RANKINGS)}")

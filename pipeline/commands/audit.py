@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 def head_params(head: str, items: list[str]) -> dict[str, object]:
     """One value per ``--set NAME=VALUE``, typed and checked the way ``train`` does it."""
     from classifiers import get_head
-    from pipeline.training.train import coerce
+    from pipeline.training.settings import coerce
 
     head_cls = get_head(head)
     params: dict[str, object] = {}

@@ -38,7 +38,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.commands.runs import print_runs
     from pipeline.training.runs import ranked
-    from pipeline.training.train import TrainOptions, parse_settings, run_train
+    from pipeline.training.settings import parse_settings
+    from pipeline.training.train import TrainOptions, run_train
 
     try:
         fractions = tuple(float(part) for part in args.split.split(","))

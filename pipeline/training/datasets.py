@@ -27,8 +27,9 @@ from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
 from pipeline.training import runs
 from pipeline.training.metrics import evaluate
-from pipeline.training.splits import DEFAULT_FRACTIONS, SPLITS
-from pipeline.training.train import TrainOptions, class_labels, plan_cache_splits, predict, run_config, write_run
+from pipeline.training.runs import run_config, write_run
+from pipeline.training.splits import DEFAULT_FRACTIONS, SPLITS, plan_cache_splits
+from pipeline.training.train import class_labels, predict
 
 
 def load_split(
@@ -95,7 +96,8 @@ def save_run(
     started = time.perf_counter()
     probas = {split: predict(head, cache, indices[split], None) for split in plan.held_out}
     metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
-    options = TrainOptions(cache=str(cache.path), head=head.name, name=run_name, runs_dir=str(runs_dir), fractions=fractions)
-    config = run_config(options, cache, head, run_name, True, plan, fit_seconds or time.perf_counter() - started)
+    config = run_config(
+        cache, head, run_name, True, plan, fit_seconds or time.perf_counter() - started, seed=0, fractions=fractions
+    )
     write_run(runs_dir, folder, head, config, metrics, cache, indices, probas)
     return folder
