@@ -170,7 +170,7 @@ def test_confident_learning_by_the_book():
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55]])
     given = np.array([0, 0, 1, 1, 0])
     np.testing.assert_allclose(labels.thresholds(probabilities, given), [(0.9 + 0.8 + 0.45) / 3, 0.75])
-    assert labels.confident_labels(probabilities, given).tolist() == [0, 0, 1, 1, -1]  # row 4 passes no threshold
+    assert labels.confident_labels(probabilities, given).tolist() == [0, 0, -1, 1, -1]  # rows 2 and 4 pass no threshold
     assert labels.label_issues(probabilities, given).tolist() == [False, False, False, False, False]
     given[3] = 0  # [0.2, 0.8] labelled 0: p1 = 0.8 passes class 1's threshold
     assert labels.label_issues(probabilities, given)[3]
