@@ -134,3 +134,40 @@ def test_folds_group_copies_so_a_copy_never_vouches_for_its_twins_wrong_label(tm
     plain = labels.out_of_fold_probabilities(X, y, nearest, 3, seed=0, groups=np.arange(len(y)))
     grouped = labels.out_of_fold_probabilities(X, y, nearest, 3, seed=0, groups=groups)
     assert labels.label_issues(grouped, y)[wrong].sum() > labels.label_issues(plain, y)[wrong].sum()
+
+
+def test_evaluate_refuses_the_runs_training_images_under_any_name_and_in_any_cache(tmp_path, capsys):
+    """The reproduction: a cache of the very training images (renamed, copied elsewhere, or a
+    `compact --to` copy) used to score as new images, well above the run's real test accuracy."""
+    from pipeline.cli import main
+
+    data = write_digits(tmp_path / "digits", per_class=14)
+    extract(data, tmp_path / "a.h5")
+    assert main(["train", str(tmp_path / "a.h5"), "--head", "logreg", "--name", "lr", "--runs-dir", str(tmp_path / "runs")]) == 0
+    copied = tmp_path / "copied"
+    for path in data.rglob("*.png"):  # the same bytes under new names
+        target = copied / path.parent.name / f"renamed_{path.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    extract(copied, tmp_path / "copied.h5")
+    assert main(["compact", str(tmp_path / "a.h5"), "--to", str(tmp_path / "standalone.h5")]) == 0
+    capsys.readouterr()
+    for other in ("copied.h5", "standalone.h5"):
+        assert main(["evaluate", str(tmp_path / "runs" / "lr"), str(tmp_path / other)]) == 2
+        err = capsys.readouterr().err
+        assert "images have the same content as training images of run 'lr'" in err and err.count("\n") == 1, err
+
+    mixed = tmp_path / "mixed"  # new digits beside a few training ones: scored apart with --include-seen
+    write_digits(tmp_path / "more", per_class=24)
+    for path in (tmp_path / "more").rglob("*.png"):
+        target = mixed / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    extract(mixed, tmp_path / "mixed.h5")
+    assert main(["evaluate", str(tmp_path / "runs" / "lr"), str(tmp_path / "mixed.h5")]) == 2
+    assert "pass --include-seen" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "runs" / "lr"), str(tmp_path / "mixed.h5"), "--include-seen"]) == 0
+    printed = capsys.readouterr().out
+    with FeatureCache(tmp_path / "a.h5") as cache:
+        trained = len(plan_cache_splits(cache).rows("train"))
+    assert f"{240 - trained} images" in printed and f"{trained} training images of the run" in printed, printed

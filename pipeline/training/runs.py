@@ -35,6 +35,16 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 INDEX_FILE = "index.jsonl"
 JSON_TYPES = (str, int, float, bool, type(None), list, dict)
+# The training rows' content, as the first 16 hex digits of each content hash: 8 bytes of identity
+# per image is enough to find a training image under any name, in any cache, at any scale.
+TRAIN_CONTENT = "train_content"
+CONTENT_KEY_DIGITS = 16
+
+
+def content_keys(cache: FeatureCache, rows: np.ndarray) -> list[str]:
+    """The sorted, distinct content keys of cache rows ``rows`` (what ``config.json`` records of training)."""
+    records = cache.records()
+    return sorted({records[int(r)].content_hash[:CONTENT_KEY_DIGITS] for r in rows})
 
 
 def resolve_run(run: str, runs_dir: str | Path = "runs") -> Path:
@@ -210,6 +220,7 @@ def write_run(
 ) -> dict:
     """Write every file into a staging folder, move it into place, then index it; returns the index entry."""
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
+    config = {**config, TRAIN_CONTENT: content_keys(cache, indices["train"])}
     head.save(staging)
     write_json(staging / CONFIG_FILE, config)
     write_json(staging / METRICS_FILE, metrics)
