@@ -171,3 +171,20 @@ def test_evaluate_refuses_the_runs_training_images_under_any_name_and_in_any_cac
     with FeatureCache(tmp_path / "a.h5") as cache:
         trained = len(plan_cache_splits(cache).rows("train"))
     assert f"{240 - trained} images" in printed and f"{trained} training images of the run" in printed, printed
+
+
+def test_a_val_that_chose_the_setting_is_said_to_be_optimistic(tmp_path, capsys):
+    """train/ + validation/ folders have no test split: a --set grid picks on val and scores on val."""
+    from pipeline.cli import main
+
+    for split in ("train", "validation"):
+        write_digits(tmp_path / "data" / split, per_class=8 if split == "train" else 4)
+    extract(tmp_path / "data", tmp_path / "a.h5")
+    runs = tmp_path / "runs"
+    assert main(["train", str(tmp_path / "a.h5"), "--head", "logreg", "--set", "C=0.1,1", "--runs-dir", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    assert "val chose the setting among 2 runs (--set) and is also the only split scored" in printed
+    assert main(["report", "--runs-dir", str(runs)]) == 0
+    assert "val chose the setting among 2 runs" in capsys.readouterr().out
+    assert main(["train", str(tmp_path / "a.h5"), "--head", "logreg", "--name", "one", "--runs-dir", str(runs)]) == 0
+    assert "val chose" not in capsys.readouterr().out

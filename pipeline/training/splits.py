@@ -150,7 +150,7 @@ def plan_splits(
     fixed, straddling = _stored_by_key(keys, stored)
     if straddling:
         notes.append(
-            f"{straddling} images have byte-identical copies in another stored split; scores on those copies "
+            f"warning: {straddling} images have byte-identical copies in another stored split; scores on those copies "
             "are not on unseen images: keep each image in one split folder (or CSV split)"
         )
     decisions: dict[str, str] = {}
