@@ -3,6 +3,7 @@ fractions never overwrite an assignment, audit only reads it, copies never vouch
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -188,3 +189,30 @@ def test_a_val_that_chose_the_setting_is_said_to_be_optimistic(tmp_path, capsys)
     assert "val chose the setting among 2 runs" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "a.h5"), "--head", "logreg", "--name", "one", "--runs-dir", str(runs)]) == 0
     assert "val chose" not in capsys.readouterr().out
+
+
+def test_predict_refuses_training_images_or_marks_them(tmp_path, capsys):
+    from pipeline.cli import main
+
+    data = write_digits(tmp_path / "digits", per_class=10)
+    extract(data, tmp_path / "a.h5")
+    runs = tmp_path / "runs"
+    assert main(["train", str(tmp_path / "a.h5"), "--head", "logreg", "--name", "lr", "--runs-dir", str(runs)]) == 0
+    with FeatureCache(tmp_path / "a.h5") as cache:
+        plan = plan_cache_splits(cache)
+        trained = [cache.paths[r] for r in plan.rows("train")]
+        held_out = [cache.paths[r] for r in plan.rows("val")]
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copyfile(data / trained[0], folder / "looks_new.png")  # a training image under a new name
+    shutil.copyfile(data / held_out[0], folder / "held_out.png")
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    assert main(["predict", "lr", str(folder), "--runs-dir", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 2 images have the same content as training images of run 'lr'" in err and "looks_new.png" in err
+    assert not out.exists()
+    assert main(["predict", "lr", str(folder), "--runs-dir", str(runs), "--out", str(out), "--include-seen"]) == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        marks = {Path(row["path"]).name: row["seen_in_training"] for row in csv.DictReader(handle)}
+    assert marks == {"looks_new.png": "true", "held_out.png": "false"}
