@@ -216,3 +216,22 @@ def test_predict_refuses_training_images_or_marks_them(tmp_path, capsys):
     with open(out, newline="", encoding="utf-8") as handle:
         marks = {Path(row["path"]).name: row["seen_in_training"] for row in csv.DictReader(handle)}
     assert marks == {"looks_new.png": "true", "held_out.png": "false"}
+
+
+def test_a_new_near_duplicate_goes_where_its_twin_is(tmp_path):
+    """Re-encoded copies (other bytes, same photo) arriving later join their twin's split."""
+    from image_factory import make_class_folders
+    from PIL import Image
+
+    data = make_class_folders(tmp_path / "data", {"warm": 14, "cool": 14, "green": 14}, size=(96, 72))
+    extract(data, tmp_path / "a.h5")
+    with FeatureCache(tmp_path / "a.h5") as cache:
+        before = dict(zip(cache.paths, plan_cache_splits(cache, check_leakage=True).splits.tolist()))
+    for path in sorted(data.rglob("*.jpg"))[::2]:  # a re-encoded (lossy JPEG) copy of every second image
+        Image.open(path).convert("RGB").save(path.with_name(path.stem + "_again.jpg"), "JPEG", quality=60)
+    extract(data, tmp_path / "a.h5")
+    with FeatureCache(tmp_path / "a.h5") as cache:
+        after = dict(zip(cache.paths, plan_cache_splits(cache, check_leakage=True).splits.tolist()))
+    copies = {p: p.replace("_again.jpg", ".jpg") for p in after if p.endswith("_again.jpg")}
+    assert len(copies) == 21 and {p: after[p] for p in before} == before
+    assert sum(after[copy] == after[original] for copy, original in copies.items()) == len(copies)

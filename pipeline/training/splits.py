@@ -115,12 +115,15 @@ def plan_splits(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     remembered: dict[str, str] | None = None,
     keys: Sequence[str] | None = None,
+    twins: Sequence[Sequence[str]] = (),
 ) -> tuple[SplitPlan, dict[str, str]]:
     """Each row's split, and the decisions to remember (every split not stored in the cache).
 
     ``keys`` identify each row's content (the cache's content hashes; the paths when not
     given): rows with one key are one image and get one split, and ``remembered`` and the
-    decisions are keyed by them.
+    decisions are keyed by them. ``twins`` are groups of keys of near-duplicate images: an
+    undecided twin goes where a decided one of its group is, and undecided groups are placed
+    as one.
     """
     train, val, test = check_fractions(fractions)
     keys = list(paths) if keys is None else [str(k) for k in keys]
@@ -153,6 +156,7 @@ def plan_splits(
             f"warning: {straddling} images have byte-identical copies in another stored split; scores on those copies "
             "are not on unseen images: keep each image in one split folder (or CSV split)"
         )
+    twin_of = {key: min(group) for group in twins for key in group}  # each twin's group leader
     decisions: dict[str, str] = {}
     # Val is carved out of stored train first, so that unsplit copies of a carved image follow it.
     for carving, rows, shares in sorted(groups, key=lambda group: not group[0]):
@@ -160,14 +164,26 @@ def plan_splits(
         for label in np.unique(labels[rows]):
             members = list(dict.fromkeys(keys[r] for r in rows[labels[rows] == label]))
             known = {**remembered, **decisions} if carving else {**remembered, **fixed, **decisions}
+            known.update(_twin_splits(members, twin_of, known))
             kept = {k: known[k] for k in members if known.get(k) in allowed}
-            decisions.update({**kept, **fill_quotas([k for k in members if k not in kept], list(kept.values()), shares)})
+            leaders = list(dict.fromkeys(twin_of.get(k, k) for k in members if k not in kept))
+            placed = fill_quotas(leaders, list(kept.values()), shares)
+            decisions.update({**kept, **{k: placed[twin_of.get(k, k)] for k in members if k not in kept}})
     for row, key in enumerate(keys):
         if not stored[row] or (stored[row] == "train" and "val" not in present):
             splits[row] = decisions.get(key, splits[row])
     if not np.any(splits == "test"):
         notes.append("no test split: metrics and the report use val")
     return SplitPlan(splits, notes), decisions
+
+
+def _twin_splits(members: Sequence[str], twin_of: dict[str, str], known: dict[str, str]) -> dict[str, str]:
+    """Undecided ``members`` whose near-duplicate twin is decided: the twin's split (the first decided one)."""
+    decided_group: dict[str, str] = {}
+    for key, split in known.items():
+        if key in twin_of:
+            decided_group.setdefault(twin_of[key], split)
+    return {k: decided_group[twin_of[k]] for k in members if k not in known and twin_of.get(k) in decided_group}
 
 
 def _stored_by_key(keys: Sequence[str], stored: np.ndarray) -> tuple[dict[str, str], int]:
@@ -243,6 +259,20 @@ def write_memory(
     return None
 
 
+def near_duplicate_twins(cache: FeatureCache, keys: Sequence[str]) -> list[list[str]]:
+    """Content keys of near-duplicate groups by the audit's rule (re-encoded, resized, cropped copies),
+    on caches small enough for the leakage check; a group whose images are one content is left out."""
+    from pipeline.health import duplicates
+    from pipeline.health.embeddings import pooled, unit_rows
+    from pipeline.health.leakage import MAX_IMAGES
+
+    if len(cache) > MAX_IMAGES or len(cache) < 2:
+        return []
+    unit = unit_rows(pooled(cache))
+    groups = duplicates.groups(duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD), len(cache))
+    return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
+
+
 def plan_cache_splits(
     cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False, remember: bool = True
 ) -> SplitPlan:
@@ -262,7 +292,9 @@ def plan_cache_splits(
     keys = [record.content_hash for record in cache.records()]
     key_of_path = dict(zip(cache.paths, keys))
     remembered = read_memory(memory, fractions, key_of_path)
-    plan, decisions = plan_splits(cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys)
+    undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
+    twins = near_duplicate_twins(cache, keys) if undecided else []  # only new images are placed by their twins
+    plan, decisions = plan_splits(cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins)
     others = [item["fractions"] for item in _assignments(memory, key_of_path) if not _same_fractions(item["fractions"], fractions)]
     if not remembered and others and decisions:
         shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
