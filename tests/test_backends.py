@@ -58,7 +58,7 @@ def reference(tmp_path_factory) -> Path:
     common = ["--weights", str(root / "vgg16.weights.h5"), "--image-size", str(IMAGE_SIZE), "--precision", "float32"]
     assert main(["extract", str(root / "digits"), "--cache", str(root / "tensorflow.h5"), *common]) == 0
     assert main(["train", str(root / "tensorflow.h5"), "--head", "logreg", "--name", "lr", "--runs-dir", str(root / "runs")]) == 0
-    run_under("tensorflow", "predict", "runs/lr", "digits", "--out", "tensorflow.csv", cwd=root)
+    run_under("tensorflow", "predict", "runs/lr", "digits", "--out", "tensorflow.csv", "--include-seen", cwd=root)
     (root / "common.txt").write_text("\n".join(common))
     return root
 
@@ -75,7 +75,7 @@ def test_backend_matches_tensorflow(backend, reference):
         expected, got = tf_cache["features"][()].astype(np.float32), other["features"][()].astype(np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2 * float(np.abs(expected).max()))
 
-    run_under(backend, "predict", "runs/lr", "digits", "--out", f"{backend}.csv", cwd=root)
+    run_under(backend, "predict", "runs/lr", "digits", "--out", f"{backend}.csv", "--include-seen", cwd=root)
     tf_predictions, predictions = read_probabilities(root / "tensorflow.csv"), read_probabilities(root / f"{backend}.csv")
     assert predictions.keys() == tf_predictions.keys()
     for path, probabilities in predictions.items():

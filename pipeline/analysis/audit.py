@@ -127,15 +127,19 @@ def run_audit(
             class_names, label_ids = cache.class_names, cache.labels
             check_folds(label_ids, class_names, folds)
             X = pooled(cache)
-            splits = [str(s) for s in plan_cache_splits(cache).splits] if len(class_names) > 1 else list(cache.splits)
+            planned = plan_cache_splits(cache, remember=False).splits if len(class_names) > 1 else cache.splits
+            splits = [str(s) for s in planned]
             paths, data_root, stored = cache.paths, cache.data_root, [str(s) for s in cache.splits]
+            content_hashes = [record.content_hash for record in cache.records()]
     except CacheError as error:
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
     estimator = head_estimator(head, dict(params or {}))
-    probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed)
     pairs = duplicates.similar_pairs(unit, threshold)
-    scores = outliers.class_knn_distance(outliers.raw_unit_rows(X), label_ids, seed=seed)
+    near = duplicates.groups(pairs, len(paths))
+    fold_groups = duplicates.fold_groups(content_hashes, near)
+    probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed, fold_groups)
+    scores = outliers.class_knn_distance(outliers.raw_unit_rows(X), label_ids, seed=seed, groups=fold_groups)
     score = labels.ranking_scores(probabilities, label_ids, ranking)
     return AuditResult(
         cache=Path(cache_path),
@@ -151,7 +155,7 @@ def run_audit(
         flagged=labels.label_issues(probabilities, label_ids),
         data_root=data_root,
         pairs=pairs,
-        groups=duplicates.groups(pairs, len(paths)),
+        groups=near,
         outlier_scores=scores,
         outlier_z=outliers.robust_z(scores),
         balance=balance.counts(label_ids, splits, class_names),

@@ -18,6 +18,10 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="all", choices=SPLIT_CHOICES, help="stored split to score (default all)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default=None, help="predictions CSV (default RUN/evaluate-<cache>.csv)")
+    parser.add_argument(
+        "--include-seen", action="store_true",
+        help="score images with the content of the run's training images apart, instead of refusing the cache",
+    )
     parser.set_defaults(run=run)
 
 
@@ -28,11 +32,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_file(args.out, "--out")
-    result = run_evaluate(args.run_ref, args.cache, args.runs_dir, args.split, args.out)
+    result = run_evaluate(args.run_ref, args.cache, args.runs_dir, args.split, args.out, include_seen=args.include_seen)
     metrics = result.metrics
     console.print(
         f"{result.run_dir.name} on {result.cache} ({result.split}): {metrics['n']} images, "
         f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}, log loss {metrics['log_loss']:.3f}"
     )
+    if result.seen_metrics:
+        seen = result.seen_metrics
+        console.print(
+            f"  and apart, {seen['n']} training images of the run (same content): accuracy {seen['accuracy']:.3f}; "
+            "not counted above"
+        )
     console.print(f"wrote {result.out}")
     return 0

@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
     parser.add_argument("--top", type=int, default=20, help="rows printed (default 20)")
+    parser.add_argument(
+        "--include-seen", action="store_true",
+        help="also score images with the content of the run's training images, marked in a seen_in_training column",
+    )
     parser.set_defaults(run=run)
 
 
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
     check_output_file(args.out, "--out")
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)
-    print_predictions(run_predict(model, args.images, args.out, args.batch_size, args.workers), args.top)
+    result = run_predict(model, args.images, args.out, args.batch_size, args.workers, include_seen=args.include_seen)
+    print_predictions(result, args.top)
     return 0
 
 
@@ -63,3 +68,5 @@ def print_predictions(result, top: int) -> None:
     )
     for item in result.skipped:
         console.print(f"  skipped {item.path}: {item.reason}")
+    if any(result.seen):
+        console.print(f"  {sum(result.seen)} of them are training images of the run (seen_in_training true in {result.out})")

@@ -92,5 +92,25 @@ def groups(pairs: Sequence[Pair], n: int) -> list[list[int]]:
     return sorted((sorted(group) for group in members), key=lambda g: (-len(g), g[0]))
 
 
+def fold_groups(content_hashes: Sequence[str], near: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n,) group number per image for grouped cross-validation: byte-identical images (one content
+    hash) and near-duplicate groups are one group, so no copy in a training fold vouches for its
+    twin's label or neighbourhood."""
+    parent = list(range(len(content_hashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    links = [(first.setdefault(h, i), i) for i, h in enumerate(content_hashes)]
+    links += [(group[0], other) for group in near for other in group[1:]]
+    for a, b in links:
+        parent[root(b)] = root(a)
+    return np.array([root(i) for i in range(len(content_hashes))], dtype=np.int64)
+
+
 def spans_splits(group: Sequence[int], splits: Sequence[str]) -> bool:
     return len({splits[i] for i in group}) > 1

@@ -17,12 +17,18 @@ from pipeline.errors import PipelineError
 RANKINGS = ("self_confidence", "margin")
 
 
-def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, estimator, folds: int, seed: int) -> np.ndarray:
-    """(n, n_classes) probabilities, columns in the order of ``np.unique(y)``."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def out_of_fold_probabilities(
+    X: np.ndarray, y: np.ndarray, estimator, folds: int, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, n_classes) probabilities, columns in the order of ``np.unique(y)``.
 
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(estimator, X, y, cv=splitter, method="predict_proba")
+    Folds are stratified and grouped (``groups``: copies and near-duplicates share a number), so
+    an image is never scored by a model that trained on its copy."""
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+
+    groups = np.arange(len(y)) if groups is None else groups
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(estimator, X, y, groups=groups, cv=splitter, method="predict_proba")
 
 
 def thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -25,14 +25,22 @@ def raw_unit_rows(X: np.ndarray) -> np.ndarray:
     return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0).astype(np.float32)
 
 
-def class_knn_distance(unit: np.ndarray, labels: np.ndarray, k: int = K, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """(n,) per image: min over classes of the mean cosine distance to that class's k nearest out-of-fold images."""
-    from sklearn.model_selection import KFold
+def class_knn_distance(
+    unit: np.ndarray, labels: np.ndarray, k: int = K, folds: int = FOLDS, seed: int = 0, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """(n,) per image: min over classes of the mean cosine distance to that class's k nearest out-of-fold images.
+
+    Folds are grouped (``groups``: copies and near-duplicates share a number), so an image's own
+    copy never stands among its neighbours and hides it."""
+    from sklearn.model_selection import GroupKFold
 
     n = len(unit)
+    groups = np.arange(n) if groups is None else groups
     scores = np.full(n, np.inf)
-    splitter = KFold(n_splits=max(2, min(folds, n)), shuffle=True, random_state=seed)
-    for reference, held_out in splitter.split(unit):
+    splitter = GroupKFold(n_splits=max(2, min(folds, len(np.unique(groups)))))
+    order = np.random.default_rng(seed).permutation(n)  # GroupKFold does not shuffle on every supported scikit-learn
+    for reference, held_out in splitter.split(unit[order], groups=groups[order]):
+        reference, held_out = order[reference], order[held_out]
         for label in np.unique(labels[reference]):
             members = reference[labels[reference] == label]
             similarity = unit[held_out] @ unit[members].T

@@ -8,7 +8,6 @@ uses stage one's loader: parallel, bounded, and bad files reported rather than f
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 import time
@@ -23,7 +22,7 @@ from pipeline.extraction.backbones import Backbone, build_backbone
 from pipeline.extraction.images import ResizeSpec
 from pipeline.extraction.loader import LoadTask, iter_batches
 from pipeline.extraction.sources import candidate_files
-from pipeline.training.runs import load_run_config, resolve_run
+from pipeline.training.runs import CONTENT_KEY_DIGITS, TRAIN_CONTENT, load_run_config, resolve_run, write_predictions
 
 RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 
@@ -37,6 +36,7 @@ class RunModel:
     recipe: Recipe
     backbone: Backbone
     head: object
+    trained_content: frozenset[str] = frozenset()  # content keys of the run's training images
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Probabilities over every class of the run (columns of classes the head never saw are 0)."""
@@ -51,6 +51,7 @@ class PredictResult:
     probabilities: np.ndarray
     skipped: list[SkippedFile]
     seconds: float
+    seen: list[bool] = dataclasses.field(default_factory=list)  # per path: the run trained on this content
 
 
 def run_recipe(run_dir: Path, config: dict) -> Recipe:
@@ -110,7 +111,8 @@ def load_run_model(run: str, runs_dir: str | Path = "runs", weights: str | None 
             f"{run_dir}: the head takes features of shape {expected} but {recipe.backbone} at "
             f"{recipe.image_size}x{recipe.image_size} gives {backbone.feature_shape}; train the head on a cache of this backbone"
         )
-    return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head)
+    trained = frozenset(config.get(TRAIN_CONTENT) or ())
+    return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head, trained)
 
 
 def find_images(arguments: list[str]) -> list[LoadTask]:
@@ -130,32 +132,40 @@ def find_images(arguments: list[str]) -> list[LoadTask]:
 
 
 def run_predict(
-    model: RunModel, images: list[str], out: str | Path, batch_size: int = 32, workers: int | None = None
+    model: RunModel,
+    images: list[str],
+    out: str | Path,
+    batch_size: int = 32,
+    workers: int | None = None,
+    include_seen: bool = False,
 ) -> PredictResult:
-    """Score ``images`` and write ``out``: ``path,predicted,confidence,p_<class>...``."""
+    """Score ``images`` and write ``out``: ``path,predicted,confidence,p_<class>...``.
+
+    Images with the content of the run's training images (under any name) are refused, since
+    their predictions say nothing of how the run does on new images; ``include_seen`` scores
+    them and marks them in a ``seen_in_training`` column.
+    """
     started = time.perf_counter()
     tasks = find_images(images)
     recipe = model.recipe
     spec = ResizeSpec(recipe.image_size, recipe.resize, recipe.interpolation)
-    paths, parts, skipped = [], [], []
+    paths, parts, skipped, seen = [], [], [], []
     for batch in iter_batches(tasks, spec, batch_size, workers):
         skipped.extend(batch.skipped)
         if batch.count:
             features = model.backbone.features(batch.images)[: batch.count]
             parts.append(model.probabilities(features))
             paths.extend(record.path for record in batch.records)
+            seen.extend(record.content_hash[:CONTENT_KEY_DIGITS] in model.trained_content for record in batch.records)
+    if any(seen) and not include_seen:
+        raise PipelineError(
+            f"{sum(seen)} of the {len(seen)} images have the same content as training images of run "
+            f"{model.run_dir.name!r} (e.g. {paths[seen.index(True)]}); their predictions say nothing of new images: "
+            "remove them, or pass --include-seen to mark them in a seen_in_training column"
+        )
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(model.class_names)))
-    result = PredictResult(Path(out), model.class_names, paths, probabilities, skipped, time.perf_counter() - started)
-    write_predictions(result)
+    result = PredictResult(Path(out), model.class_names, paths, probabilities, skipped, time.perf_counter() - started, seen)
+    write_predictions(
+        result.out, result.paths, result.probabilities, result.class_names, seen=seen if include_seen else None
+    )
     return result
-
-
-def write_predictions(result: PredictResult) -> None:
-    tmp = result.out.with_name(result.out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "predicted", "confidence", *(f"p_{name}" for name in result.class_names)])
-        for path, row in zip(result.paths, result.probabilities):
-            best = int(np.argmax(row))
-            writer.writerow([path, result.class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
-    tmp.replace(result.out)

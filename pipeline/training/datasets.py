@@ -48,7 +48,7 @@ def load_split(
     if split == "all":
         rows = np.arange(len(cache))
     elif split in SPLITS:
-        rows = plan_cache_splits(cache, fractions).rows(split)
+        rows = plan_cache_splits(cache, fractions, remember=False).rows(split)
     else:
         raise PipelineError(f"split {split!r} is unknown; use train, val, test or all")
     if pooling is not None and pooling not in POOLINGS:

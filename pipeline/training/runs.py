@@ -35,6 +35,16 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 INDEX_FILE = "index.jsonl"
 JSON_TYPES = (str, int, float, bool, type(None), list, dict)
+# The training rows' content, as the first 16 hex digits of each content hash: 8 bytes of identity
+# per image is enough to find a training image under any name, in any cache, at any scale.
+TRAIN_CONTENT = "train_content"
+CONTENT_KEY_DIGITS = 16
+
+
+def content_keys(cache: FeatureCache, rows: np.ndarray) -> list[str]:
+    """The sorted, distinct content keys of cache rows ``rows`` (what ``config.json`` records of training)."""
+    records = cache.records()
+    return sorted({records[int(r)].content_hash[:CONTENT_KEY_DIGITS] for r in rows})
 
 
 def resolve_run(run: str, runs_dir: str | Path = "runs") -> Path:
@@ -81,20 +91,26 @@ def write_predictions(
     *,
     splits: Sequence[str] | None = None,
     y_true: np.ndarray | None = None,
+    seen: Sequence[bool] | None = None,
 ) -> None:
-    """``path[,split,true],predicted,confidence,p_<class>...``: one row per image, replaced atomically.
+    """``path[,split,true],predicted,confidence,p_<class>...[,seen_in_training]``: one row per image, replaced atomically.
 
-    Runs and ``evaluate`` know each image's split and true class; ``predict`` on new images knows neither.
+    Runs and ``evaluate`` know each image's split and true class; ``predict`` on new images knows
+    neither, and marks the run's own training images when asked to score them (``seen``).
     """
     known = splits is not None and y_true is not None
     predicted = np.argmax(proba, axis=1) if len(proba) else np.zeros(0, dtype=int)
     with atomic.open_replacing(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", *(["split", "true"] if known else []), "predicted", "confidence", *(f"p_{n}" for n in class_names)])
+        marks = ["seen_in_training"] if seen is not None else []
+        writer.writerow(
+            ["path", *(["split", "true"] if known else []), "predicted", "confidence", *(f"p_{n}" for n in class_names), *marks]
+        )
         for row, best in enumerate(predicted):
             truth = [splits[row], class_names[y_true[row]]] if known else []
+            mark = [str(bool(seen[row])).lower()] if seen is not None else []
             writer.writerow(
-                [paths[row], *truth, class_names[best], f"{proba[row, best]:.6f}", *(f"{p:.6f}" for p in proba[row])]
+                [paths[row], *truth, class_names[best], f"{proba[row, best]:.6f}", *(f"{p:.6f}" for p in proba[row]), *mark]
             )
 
 
@@ -210,6 +226,7 @@ def write_run(
 ) -> dict:
     """Write every file into a staging folder, move it into place, then index it; returns the index entry."""
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
+    config = {**config, TRAIN_CONTENT: content_keys(cache, indices["train"])}
     head.save(staging)
     write_json(staging / CONFIG_FILE, config)
     write_json(staging / METRICS_FILE, metrics)

@@ -9,16 +9,22 @@ wins. The rest is decided here, class by class:
   the share val / (train + val);
 - when nothing ends up in test, there is no test split: metrics and the report use val.
 
-Within a class, undecided images are taken in the order of a hash of their path and each
-goes to the split furthest below its share of the class, with a share of at least one
-image for val and test from a class's third image on: a class of 4 or more images always
-has a val and (where test is drawn) a test image, and every split is within about one
-image of its share. Decisions are remembered in a
-small JSON file beside the cache, so adding images only places the new ones: old images
-never move. No stateless rule can do both, since a split that depends on the image alone
-cannot guarantee a 12-image class any val image. Without the file (deleted, or the cache's
-folder read-only) the same rule replays from scratch, which is the same result as long as
-no image was added in between.
+An image is its content: splits are decided and remembered per content hash, so byte-identical
+copies always share a split (a copy of a stored image goes where the stored one is), and a
+renamed or moved file keeps its split. Within a class, undecided contents are taken in the
+order of a hash of their content hash and each goes to the split furthest below its share of
+the class, with a share of at least one image for val and test from a class's third image
+on: a class of 4 or more images always has a val and (where test is drawn) a test image, and
+every split is within about one image of its share.
+
+Decisions are remembered in a small JSON file beside the cache, one assignment per set of
+``--split`` fractions, so adding images only places the new ones: old images never move, and
+a run with other fractions neither moves them nor forgets the first assignment. Only
+``train`` (and ``save_run``) write the file; ``audit`` and ``load_split`` read it. No
+stateless rule can do both, since a split that depends on the image alone cannot guarantee a
+12-image class any val image. Without the file (deleted, or the cache's folder read-only) the
+same rule replays from scratch, which is the same result as long as no image was added in
+between.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pipeline.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-MEMORY_VERSION = 1
+MEMORY_VERSION = 2  # 1: one assignment, keyed by path
 # From a class's third image on, each held-out split with a share is owed at least one image.
 MIN_CLASS_FOR_HELD_OUT = 3
 
@@ -108,20 +114,30 @@ def plan_splits(
     stored_splits: Sequence[str],
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     remembered: dict[str, str] | None = None,
+    keys: Sequence[str] | None = None,
+    twins: Sequence[Sequence[str]] = (),
 ) -> tuple[SplitPlan, dict[str, str]]:
-    """Each row's split, and the decisions to remember (every split not stored in the cache)."""
+    """Each row's split, and the decisions to remember (every split not stored in the cache).
+
+    ``keys`` identify each row's content (the cache's content hashes; the paths when not
+    given): rows with one key are one image and get one split, and ``remembered`` and the
+    decisions are keyed by them. ``twins`` are groups of keys of near-duplicate images: an
+    undecided twin goes where a decided one of its group is, and undecided groups are placed
+    as one.
+    """
     train, val, test = check_fractions(fractions)
-    if not (len(paths) == len(labels) == len(stored_splits)):
-        raise ValueError("paths, labels and stored_splits must have the same length")
+    keys = list(paths) if keys is None else [str(k) for k in keys]
+    if not (len(paths) == len(labels) == len(stored_splits) == len(keys)):
+        raise ValueError("paths, labels, stored_splits and keys must have the same length")
     remembered = remembered or {}
     stored = np.array([str(s) for s in stored_splits], dtype=object)
     splits = stored.copy()
     present = {s for s in stored.tolist() if s}
     notes = []
-    groups: list[tuple[np.ndarray, tuple[float, float, float]]] = []
+    groups: list[tuple[bool, np.ndarray, tuple[float, float, float]]] = []  # (carving val, rows, shares)
     unsplit = np.flatnonzero(stored == "")
     if len(unsplit):
-        groups.append((unsplit, (train, val, test)))
+        groups.append((False, unsplit, (train, val, test)))
         notes.append(
             f"{len(unsplit)} images without a stored split: train/val/test {train:g}/{val:g}/{test:g} per class"
         )
@@ -132,22 +148,54 @@ def plan_splits(
     if present and "val" not in present:
         carve = np.flatnonzero(stored == "train")
         share = val / (train + val) if val > 0 else DEFAULT_FRACTIONS[1] / sum(DEFAULT_FRACTIONS[:2])
-        groups.append((carve, (1 - share, share, 0.0)))
+        groups.append((True, carve, (1 - share, share, 0.0)))
         notes.append(f"no stored val split: val carved out of stored train, {share:.0%} of each class")
+    fixed, straddling = _stored_by_key(keys, stored)
+    if straddling:
+        notes.append(
+            f"warning: {straddling} images have byte-identical copies in another stored split; scores on those copies "
+            "are not on unseen images: keep each image in one split folder (or CSV split)"
+        )
+    twin_of = {key: min(group) for group in twins for key in group}  # each twin's group leader
     decisions: dict[str, str] = {}
-    for rows, shares in groups:
+    # Val is carved out of stored train first, so that unsplit copies of a carved image follow it.
+    for carving, rows, shares in sorted(groups, key=lambda group: not group[0]):
         allowed = {split for split, s in zip(SPLITS, shares) if s > 0}
         for label in np.unique(labels[rows]):
-            members = [paths[r] for r in rows[labels[rows] == label]]
-            kept = {p: remembered[p] for p in members if remembered.get(p) in allowed}
-            decided = {**kept, **fill_quotas([p for p in members if p not in kept], list(kept.values()), shares)}
-            decisions.update(decided)
-    index = {path: i for i, path in enumerate(paths)}
-    for path, split in decisions.items():
-        splits[index[path]] = split
+            members = list(dict.fromkeys(keys[r] for r in rows[labels[rows] == label]))
+            known = {**remembered, **decisions} if carving else {**remembered, **fixed, **decisions}
+            known.update(_twin_splits(members, twin_of, known))
+            kept = {k: known[k] for k in members if known.get(k) in allowed}
+            leaders = list(dict.fromkeys(twin_of.get(k, k) for k in members if k not in kept))
+            placed = fill_quotas(leaders, list(kept.values()), shares)
+            decisions.update({**kept, **{k: placed[twin_of.get(k, k)] for k in members if k not in kept}})
+    for row, key in enumerate(keys):
+        if not stored[row] or (stored[row] == "train" and "val" not in present):
+            splits[row] = decisions.get(key, splits[row])
     if not np.any(splits == "test"):
         notes.append("no test split: metrics and the report use val")
     return SplitPlan(splits, notes), decisions
+
+
+def _twin_splits(members: Sequence[str], twin_of: dict[str, str], known: dict[str, str]) -> dict[str, str]:
+    """Undecided ``members`` whose near-duplicate twin is decided: the twin's split (the first decided one)."""
+    decided_group: dict[str, str] = {}
+    for key, split in known.items():
+        if key in twin_of:
+            decided_group.setdefault(twin_of[key], split)
+    return {k: decided_group[twin_of[k]] for k in members if k not in known and twin_of.get(k) in decided_group}
+
+
+def _stored_by_key(keys: Sequence[str], stored: np.ndarray) -> tuple[dict[str, str], int]:
+    """The split each stored content must keep (its copies follow it), and how many stored rows
+    share their content with a row stored in another split (these cannot be moved: stored splits win)."""
+    seen: dict[str, set[str]] = {}
+    for key, split in zip(keys, stored.tolist()):
+        if split:
+            seen.setdefault(key, set()).add(split)
+    fixed = {key: ("train" if "train" in found else sorted(found)[0]) for key, found in seen.items()}
+    straddling = sum(1 for key, split in zip(keys, stored.tolist()) if split and len(seen[key]) > 1)
+    return fixed, straddling
 
 
 def memory_path(cache_path: str | os.PathLike) -> Path:
@@ -156,25 +204,51 @@ def memory_path(cache_path: str | os.PathLike) -> Path:
     return cache_path.with_name(cache_path.name + ".splits.json")
 
 
-def read_memory(path: Path, fractions: Sequence[float]) -> dict[str, str]:
-    """Decisions remembered for these ``fractions``; none when the file is missing, damaged or for other shares."""
+def _same_fractions(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(round(float(x), 9) == round(float(y), 9) for x, y in zip(a, b))
+
+
+def _assignments(path: Path, key_of_path: dict[str, str] | None = None) -> list[dict]:
+    """Every remembered assignment ``{"fractions": [...], "splits": {content key: split}}``.
+
+    A version-1 file (one assignment keyed by path) is read through ``key_of_path``; paths the
+    cache no longer holds are dropped. A missing or damaged file has none.
+    """
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
     except (OSError, ValueError):
-        return {}
-    if not isinstance(payload, dict) or payload.get("version") != MEMORY_VERSION:
-        return {}
-    if [round(f, 9) for f in payload.get("fractions", [])] != [round(float(f), 9) for f in fractions]:
-        return {}
-    splits = payload.get("splits")
-    if not isinstance(splits, dict):
-        return {}
-    return {str(p): str(s) for p, s in splits.items() if s in SPLITS}
+        return []
+    if not isinstance(payload, dict):
+        return []
+    if payload.get("version") == 1 and isinstance(payload.get("splits"), dict):
+        mapping = key_of_path or {}
+        by_key = {mapping[p]: s for p, s in payload["splits"].items() if p in mapping}
+        payload = {"assignments": [{"fractions": payload.get("fractions", []), "splits": by_key}]}
+    elif payload.get("version") != MEMORY_VERSION:
+        return []
+    found = []
+    for item in payload.get("assignments") or []:
+        if isinstance(item, dict) and isinstance(item.get("splits"), dict) and isinstance(item.get("fractions"), list):
+            found.append({"fractions": item["fractions"], "splits": {str(k): str(s) for k, s in item["splits"].items() if s in SPLITS}})
+    return found
 
 
-def write_memory(path: Path, fractions: Sequence[float], decisions: dict[str, str]) -> str | None:
-    """Remember ``decisions`` atomically; returns a warning instead of failing where the folder is read-only."""
-    payload = {"version": MEMORY_VERSION, "fractions": [float(f) for f in fractions], "splits": dict(sorted(decisions.items()))}
+def read_memory(path: Path, fractions: Sequence[float], key_of_path: dict[str, str] | None = None) -> dict[str, str]:
+    """Decisions remembered for these ``fractions``, by content key; none when the file is missing or damaged."""
+    for item in _assignments(path, key_of_path):
+        if _same_fractions(item["fractions"], fractions):
+            return item["splits"]
+    return {}
+
+
+def write_memory(
+    path: Path, fractions: Sequence[float], decisions: dict[str, str], key_of_path: dict[str, str] | None = None
+) -> str | None:
+    """Remember ``decisions`` for ``fractions`` atomically, keeping the assignments of other fractions;
+    returns a warning instead of failing where the folder is read-only."""
+    others = [item for item in _assignments(path, key_of_path) if not _same_fractions(item["fractions"], fractions)]
+    mine = {"fractions": [float(f) for f in fractions], "splits": dict(sorted(decisions.items()))}
+    payload = {"version": MEMORY_VERSION, "assignments": [*others, mine]}
     text = json.dumps(payload, ensure_ascii=False, indent=0)
     try:
         if path.exists() and path.read_text(encoding="utf-8") == text:
@@ -185,10 +259,25 @@ def write_memory(path: Path, fractions: Sequence[float], decisions: dict[str, st
     return None
 
 
+def near_duplicate_twins(cache: FeatureCache, keys: Sequence[str]) -> list[list[str]]:
+    """Content keys of near-duplicate groups by the audit's rule (re-encoded, resized, cropped copies),
+    on caches small enough for the leakage check; a group whose images are one content is left out."""
+    from pipeline.health import duplicates
+    from pipeline.health.embeddings import pooled, unit_rows
+    from pipeline.health.leakage import MAX_IMAGES
+
+    if len(cache) > MAX_IMAGES or len(cache) < 2:
+        return []
+    unit = unit_rows(pooled(cache))
+    groups = duplicates.groups(duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD), len(cache))
+    return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
+
+
 def plan_cache_splits(
-    cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False
+    cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False, remember: bool = True
 ) -> SplitPlan:
-    """Every row's split (see this module's rules), remembered beside the cache; checked for training.
+    """Every row's split (see this module's rules), checked for training; ``remember`` writes new
+    decisions beside the cache (``train`` does; ``audit`` and ``load_split`` only read).
 
     Training needs images of every class and a val split; a missing test split is allowed.
     ``check_leakage`` adds a warning note per held-out split with near-duplicates in train
@@ -200,11 +289,21 @@ def plan_cache_splits(
             "a classifier needs at least 2 class folders; add another class and run extract again"
         )
     memory = memory_path(cache.path)
-    plan, decisions = plan_splits(
-        cache.paths, cache.labels, cache.splits, fractions, read_memory(memory, fractions)
-    )
-    if decisions:
-        warning = write_memory(memory, fractions, decisions)
+    keys = [record.content_hash for record in cache.records()]
+    key_of_path = dict(zip(cache.paths, keys))
+    remembered = read_memory(memory, fractions, key_of_path)
+    undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
+    twins = near_duplicate_twins(cache, keys) if undecided else []  # only new images are placed by their twins
+    plan, decisions = plan_splits(cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins)
+    others = [item["fractions"] for item in _assignments(memory, key_of_path) if not _same_fractions(item["fractions"], fractions)]
+    if not remembered and others and decisions:
+        shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
+        plan.notes.append(
+            f"--split {','.join(f'{f:g}' for f in fractions)} splits the images anew (metrics are not comparable with "
+            f"runs on {shown}, whose splits stay remembered for them)"
+        )
+    if decisions and remember:
+        warning = write_memory(memory, fractions, {**remembered, **decisions}, key_of_path)
         plan.notes.append(warning or f"decided splits remembered in {memory}")
     if check_leakage:
         from pipeline.health.leakage import leakage_notes

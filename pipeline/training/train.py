@@ -12,6 +12,7 @@ import datetime
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
 
     with FeatureCache(options.cache) as cache:
         plan = plan_cache_splits(cache, options.fractions, check_leakage=True)
+        plan.notes.extend(selection_warnings(grid, plan.held_out))
         if on_plan is not None:
             on_plan(plan)
         used = ("train", *plan.held_out)
@@ -125,6 +127,23 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
             yield RunResult(name, folder, runs.write_run(runs_dir, folder, head, config, metrics, cache, indices, probas))
+
+
+def selection_warnings(grid: list[dict[str, Any]], held_out: tuple[str, ...]) -> list[str]:
+    """A warning when val both chose something (the epoch, the schedule, the setting) and is the only split scored."""
+    if "test" in held_out:
+        return []
+    chose = [f"the setting among {len(grid)} runs (--set)"] if len(grid) > 1 else []
+    if any(params.get("early_stopping") for params in grid):
+        chose.append("the epoch (early_stopping)")
+    if any(params.get("reduce_lr") for params in grid):
+        chose.append("the learning-rate schedule (reduce_lr)")
+    if not chose:
+        return []
+    return [
+        f"warning: val chose {' and '.join(chose)} and is also the only split scored, so its figures are optimistic; "
+        "give the cache a test split (a test/ folder, test rows in the CSV, or --split with a test share) to measure unseen images"
+    ]
 
 
 def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None) -> np.ndarray:
