@@ -11,7 +11,7 @@ import numpy as np
 
 from features_cache import schema
 from features_cache.errors import CacheError
-from features_cache.records import FileRecord, FileStamp, SkippedFile
+from features_cache.records import UNKNOWN, FileRecord, FileStamp, SkippedFile
 
 
 class FeatureCache:
@@ -178,25 +178,25 @@ class FeatureCache:
         return out
 
 
+def read_stamps(group: h5py.Group) -> list[FileStamp]:
+    """The stamps stored in ``group``; inode and ctime are ``UNKNOWN`` where older writers left them out."""
+    sizes = group[schema.FILE_SIZE][()]
+    mtimes = group[schema.FILE_MTIME][()]
+    unknown = np.full(len(sizes), UNKNOWN, dtype=np.int64)
+    inodes = group[schema.FILE_INODE][()] if schema.FILE_INODE in group else unknown
+    ctimes = group[schema.FILE_CTIME][()] if schema.FILE_CTIME in group else unknown
+    return [FileStamp(int(s), int(m), int(i), int(c)) for s, m, i, c in zip(sizes, mtimes, inodes, ctimes)]
+
+
 def read_records(group: h5py.Group) -> list[FileRecord]:
     paths = group[schema.PATHS].asstr()[()]
     hashes = group[schema.CONTENT_HASH].asstr()[()]
-    sizes = group[schema.FILE_SIZE][()]
-    mtimes = group[schema.FILE_MTIME][()]
-    return [
-        FileRecord(str(p), str(h), FileStamp(int(s), int(m)))
-        for p, h, s, m in zip(paths, hashes, sizes, mtimes)
-    ]
+    return [FileRecord(str(p), str(h), stamp) for p, h, stamp in zip(paths, hashes, read_stamps(group))]
 
 
 def read_skipped(group: h5py.Group) -> list[SkippedFile]:
     sub = group[schema.SKIPPED]
     paths = sub[schema.PATHS].asstr()[()]
     reasons = sub[schema.REASONS].asstr()[()]
-    sizes = sub[schema.FILE_SIZE][()]
-    mtimes = sub[schema.FILE_MTIME][()]
     depends = sub[schema.DEPENDS_ON].asstr()[()] if schema.DEPENDS_ON in sub else [""] * len(paths)
-    return [
-        SkippedFile(str(p), str(r), FileStamp(int(s), int(m)), str(d))
-        for p, r, s, m, d in zip(paths, reasons, sizes, mtimes, depends)
-    ]
+    return [SkippedFile(str(p), str(r), stamp, str(d)) for p, r, stamp, d in zip(paths, reasons, read_stamps(sub), depends)]

@@ -6,18 +6,27 @@ import dataclasses
 import hashlib
 import os
 
+UNKNOWN = -1  # a stamp field a record does not have (caches written before it existed): never matches
+
 
 @dataclasses.dataclass(frozen=True)
 class FileStamp:
-    """The cheap fingerprint of a file: if size and mtime match, its bytes are trusted."""
+    """The cheap fingerprint of a file, as git's index keeps it: size, mtime, inode and ctime.
+
+    Size and mtime alone miss two files of equal size and mtime swapped by renames: the
+    inode at each path changes (and so does ctime, which a rename updates on Linux).
+    Stamps read from older caches have ``UNKNOWN`` inode and ctime, so they never match.
+    """
 
     file_size: int
     file_mtime_ns: int
+    inode: int = UNKNOWN
+    ctime_ns: int = UNKNOWN
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> FileStamp:
         stat = os.stat(path)
-        return cls(stat.st_size, stat.st_mtime_ns)
+        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,3 +66,12 @@ TRANSIENT = "transient"
 def content_hash(data: bytes) -> str:
     """BLAKE2b-128 of a file's bytes: fast, and collisions are not a practical concern."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_content_hash(path: str | os.PathLike) -> str:
+    """:func:`content_hash` of the file at ``path``, read in blocks so memory stays small."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,13 +9,15 @@ holds one row per image in these datasets (all of length N):
 - ``paths``          (N,) UTF-8 paths relative to the data root, sorted
 - ``split``          (N,) "train", "val", "test" or "" where the data had no split
 - ``content_hash``   (N,) BLAKE2b-128 hex digest of the file's bytes
-- ``file_size``      (N,) int64 bytes, and ``file_mtime_ns`` (N,) int64: the stat
-                     fingerprint that lets a re-run skip hashing unchanged files
+- ``file_size``      (N,) int64 bytes, ``file_mtime_ns``, ``file_inode`` and
+                     ``file_ctime_ns`` (N,) int64: the stat fingerprint that lets a re-run
+                     skip hashing unchanged files (caches without the last two still read:
+                     their files are hashed again once)
 - ``row_shard``, ``row_index`` (N,): the shard and row each row's features are in
 
 a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_size``,
-``digest``) and a ``skipped`` group with ``paths``, ``reasons``, ``file_size`` and
-``file_mtime_ns`` for the files that could not be read. File attributes hold the
+``digest``) and a ``skipped`` group with ``paths``, ``reasons`` and the same four stat
+fields for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
 library versions and bookkeeping such as ``complete``. A shard holds ``features``
 (fletcher32-checked chunks), the per-row fingerprints, its ``skipped`` group and the
@@ -44,6 +46,8 @@ SPLIT = "split"
 CONTENT_HASH = "content_hash"
 FILE_SIZE = "file_size"
 FILE_MTIME = "file_mtime_ns"
+FILE_INODE = "file_inode"
+FILE_CTIME = "file_ctime_ns"
 SKIPPED = "skipped"
 REASONS = "reasons"
 DEPENDS_ON = "depends_on"

@@ -20,7 +20,7 @@ import numpy as np
 
 from features_cache import schema
 from features_cache.atomic import replacing
-from features_cache.records import FileRecord, SkippedFile
+from features_cache.records import FileRecord, FileStamp, SkippedFile
 
 STRING = h5py.string_dtype("utf-8")
 
@@ -66,12 +66,23 @@ def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
     group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING)
 
 
+def write_stamps(group: h5py.Group, stamps: Sequence[FileStamp]) -> None:
+    """One int64 dataset per stamp field: size, mtime, inode, ctime."""
+    for name, field in _STAMP_FIELDS:
+        group.create_dataset(name, data=np.array([getattr(stamp, field) for stamp in stamps], dtype=np.int64))
+
+
+_STAMP_FIELDS = (
+    (schema.FILE_SIZE, "file_size"), (schema.FILE_MTIME, "file_mtime_ns"),
+    (schema.FILE_INODE, "inode"), (schema.FILE_CTIME, "ctime_ns"),
+)
+
+
 def write_records(group: h5py.Group, records: Sequence[FileRecord]) -> None:
     """The per-row fingerprint datasets, in the order of ``records``."""
     write_strings(group, schema.PATHS, [r.path for r in records])
     write_strings(group, schema.CONTENT_HASH, [r.content_hash for r in records])
-    group.create_dataset(schema.FILE_SIZE, data=np.array([r.stamp.file_size for r in records], dtype=np.int64))
-    group.create_dataset(schema.FILE_MTIME, data=np.array([r.stamp.file_mtime_ns for r in records], dtype=np.int64))
+    write_stamps(group, [r.stamp for r in records])
 
 
 def write_skipped(group: h5py.Group, skipped: Sequence[SkippedFile]) -> None:
@@ -79,8 +90,7 @@ def write_skipped(group: h5py.Group, skipped: Sequence[SkippedFile]) -> None:
     write_strings(sub, schema.PATHS, [s.path for s in skipped])
     write_strings(sub, schema.REASONS, [s.reason for s in skipped])
     write_strings(sub, schema.DEPENDS_ON, [s.depends_on for s in skipped])
-    sub.create_dataset(schema.FILE_SIZE, data=np.array([s.stamp.file_size for s in skipped], dtype=np.int64))
-    sub.create_dataset(schema.FILE_MTIME, data=np.array([s.stamp.file_mtime_ns for s in skipped], dtype=np.int64))
+    write_stamps(sub, [s.stamp for s in skipped])
 
 
 class _OpenFiles:

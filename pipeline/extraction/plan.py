@@ -1,7 +1,21 @@
 """Planning a stage-one run: per image, whether the cache (or a shard an interrupted run left
 behind) already holds its features, whether a skip still holds, or whether it needs extracting.
 
-Stat first; the content hash is read only where size or mtime changed.
+An image is its content: features are found by content hash, the stat stamp only spares
+reading files that cannot have changed. Stat first; a file is read and hashed again when
+
+- its path has a row but the stamp differs in size, mtime, inode or ctime (a swap by
+  renames keeps size and mtime but not the inode at each path; rows of caches written
+  before inode and ctime were stored never match, so their files are hashed once);
+- the stamp matches but the file's mtime is not at least :data:`RACY_NS` older than the
+  commit of the index that recorded it (git's "racy" case: a change in the same timestamp
+  granule as the stamp leaves the stamp as it was);
+- its path has a row in an orphan shard: no commit vouches for an interrupted run's
+  stamps, so the row is adopted only if the bytes hash the same;
+- its path is new (or its content changed) and some row exists: a row of the same
+  content, under any path, lends its features (a rename, a move, a relabel).
+
+A fresh cache (no index, no orphans) hashes nothing here: the decoder hashes what it reads.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ from pathlib import Path
 from features_cache import schema
 from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
-from features_cache.records import FileRecord, FileStamp, SkippedFile, content_hash
+from features_cache.records import FileRecord, FileStamp, SkippedFile, file_content_hash
 from features_cache.shards import Shard, open_shard
 from features_cache.writer import FeatureSource
 from pipeline.errors import PipelineError
@@ -86,30 +100,30 @@ def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: boo
     return adopted
 
 
+RACY_NS = 2 * 10**9  # the coarsest common mtime granule (FAT: 2 s); finer ones only hash a few files more
+
+
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """A row that may hold an image's features, and until when its stamp can vouch for the bytes."""
+
+    record: FileRecord
+    source: FeatureSource
+    committed_ns: int | None  # the commit that recorded the stamp; None: never trust the stamp
+
+
 def plan(dataset: Dataset, old: FeatureCache | None, adopted: list[Shard], conditions: str) -> Plan:
-    """Decide per image, reading file contents only where the stat fingerprint changed.
+    """Decide per image, reading file contents only where the stamp cannot vouch for them.
 
     A file skipped before is tried again when the skip may not hold under ``conditions``
     (another ``--max-pixels`` or Pillow version) or was a transient failure.
     """
-    pending_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
-    pending_skipped: dict[str, SkippedFile] = {}
-    for shard in adopted:
-        for index, record in enumerate(shard.records):
-            pending_ready[record.path] = (record, FeatureSource(str(shard.path), index))
-            pending_skipped.pop(record.path, None)
-        for item in shard.skipped:
-            pending_skipped[item.path] = item
-            pending_ready.pop(item.path, None)
-    old_ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
-    old_skipped: dict[str, SkippedFile] = {}
-    if old is not None:
-        old_ready = {
-            record.path: (record, FeatureSource(str(file), index))
-            for record, (file, index) in zip(old.records(), old.sources())
-        }
-        old_skipped = {item.path: item for item in old.skipped()}
-    ready, todo = {}, []
+    orphan_rows, orphan_skips = _orphan_rows(adopted)
+    old_rows = _index_rows(old)
+    old_skipped = {item.path: item for item in old.skipped()} if old is not None else {}
+    by_content = _by_content([*old_rows.values(), *orphan_rows.values()])
+    ready: dict[str, tuple[FileRecord, FeatureSource]] = {}
+    todo: list[LoadTask] = []
     skipped = {item.path: SkippedFile(item.path, item.reason, FileStamp(-1, -1)) for item in dataset.left_out}
     for entry in dataset.entries:
         absolute = dataset.absolute(entry)
@@ -118,31 +132,89 @@ def plan(dataset: Dataset, old: FeatureCache | None, adopted: list[Shard], condi
         except OSError as error:
             skipped[entry.path] = SkippedFile(entry.path, f"cannot read file ({error.strerror})", FileStamp(-1, -1))
             continue
-        known = pending_ready.get(entry.path) or old_ready.get(entry.path)
-        failed = pending_skipped.get(entry.path) or old_skipped.get(entry.path)
-        if known and known[0].stamp == stamp:
-            ready[entry.path] = known
+        known = orphan_rows.get(entry.path) or old_rows.get(entry.path)
+        failed = orphan_skips.get(entry.path) or old_skipped.get(entry.path)
+        if known and _trusted(known, stamp):
+            ready[entry.path] = (known.record, known.source)
         elif failed and failed.stamp == stamp and not failed.worth_retrying(conditions):
             skipped[entry.path] = failed
-        elif known and _same_content(absolute, known[0].content_hash):
-            ready[entry.path] = (dataclasses.replace(known[0], stamp=stamp), known[1])
+        elif found := _same_content(absolute, known, by_content):
+            ready[entry.path] = (FileRecord(entry.path, found.record.content_hash, stamp), found.source)
         else:
             todo.append(LoadTask(entry.path, absolute))
-    wanted = {entry.path for entry in dataset.entries}
-    removed = sum(1 for path in old_ready if path not in wanted)
-    return Plan(ready, skipped, todo, removed)
+    return Plan(ready, skipped, todo, _removed(dataset, old_rows, ready))
 
 
-def _same_content(path: str, expected_hash: str) -> bool:
+def _orphan_rows(adopted: list[Shard]) -> tuple[dict[str, _Known], dict[str, SkippedFile]]:
+    """Per path, the latest row or skip the orphan shards hold (later shards win)."""
+    rows: dict[str, _Known] = {}
+    skips: dict[str, SkippedFile] = {}
+    for shard in adopted:
+        for index, record in enumerate(shard.records):
+            rows[record.path] = _Known(record, FeatureSource(str(shard.path), index), None)
+            skips.pop(record.path, None)
+        for item in shard.skipped:
+            skips[item.path] = item
+            rows.pop(item.path, None)
+    return rows, skips
+
+
+def _index_rows(old: FeatureCache | None) -> dict[str, _Known]:
+    """Per path, the row the index lists, vouched for up to the index's commit (its file's mtime)."""
+    if old is None:
+        return {}
     try:
-        with open(path, "rb") as handle:
-            return content_hash(handle.read()) == expected_hash
+        committed_ns: int | None = old.path.stat().st_mtime_ns
     except OSError:
-        return False
+        committed_ns = None
+    return {
+        record.path: _Known(record, FeatureSource(str(file), index), committed_ns)
+        for record, (file, index) in zip(old.records(), old.sources())
+    }
+
+
+def _by_content(rows: list[_Known]) -> dict[str, _Known]:
+    """Rows by content hash, the first of each content: what a renamed or moved file can reuse."""
+    found: dict[str, _Known] = {}
+    for row in rows:
+        found.setdefault(row.record.content_hash, row)
+    return found
+
+
+def _trusted(known: _Known, stamp: FileStamp) -> bool:
+    """Whether the stamp alone proves the bytes are those ``known`` was made from."""
+    return (
+        known.committed_ns is not None
+        and known.record.stamp == stamp
+        and stamp.file_mtime_ns < known.committed_ns - RACY_NS
+    )
+
+
+def _same_content(absolute: str, known: _Known | None, by_content: dict[str, _Known]) -> _Known | None:
+    """The row holding this file's bytes (its own path's first, then any), hashing only if one may exist."""
+    if known is None and not by_content:
+        return None
+    try:
+        digest = file_content_hash(absolute)
+    except OSError:
+        return None  # the decoder will report it
+    if known is not None and known.record.content_hash == digest:
+        return known
+    return by_content.get(digest)
+
+
+def _removed(dataset: Dataset, old_rows: dict[str, _Known], ready: dict[str, tuple[FileRecord, FeatureSource]]) -> int:
+    """Old paths gone from the data whose content no path reuses: a move is not a removal."""
+    wanted = {entry.path for entry in dataset.entries}
+    reused = {record.content_hash for record, _ in ready.values()}
+    return sum(1 for path, row in old_rows.items() if path not in wanted and row.record.content_hash not in reused)
 
 
 def check_drop(options: ExtractOptions, dataset: Dataset, old: FeatureCache, planned: Plan) -> None:
-    """Refuse a run that would silently drop much of the cache: another data folder, or most rows gone."""
+    """Refuse a run that would silently drop much of the cache: another data folder, or most rows gone.
+
+    Rows whose content moved to another path (a renamed file or class folder) do not count as gone.
+    """
     if options.prune or options.force or not planned.removed:
         return  # a moved data folder whose images are all found drops nothing
     if str(old.data_root) and str(old.data_root) != str(dataset.root):
