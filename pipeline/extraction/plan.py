@@ -20,6 +20,7 @@ A fresh cache (no index, no orphans) hashes nothing here: the decoder hashes wha
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 from pathlib import Path
@@ -204,10 +205,12 @@ def _same_content(absolute: str, known: _Known | None, by_content: dict[str, _Kn
 
 
 def _removed(dataset: Dataset, old_rows: dict[str, _Known], ready: dict[str, tuple[FileRecord, FeatureSource]]) -> int:
-    """Old paths gone from the data whose content no path reuses: a move is not a removal."""
+    """Old paths gone from the data, less those whose content arrived under a new path: a move
+    (or rename, or relabel) is not a removal, but dropping one of two copies is."""
     wanted = {entry.path for entry in dataset.entries}
-    reused = {record.content_hash for record, _ in ready.values()}
-    return sum(1 for path, row in old_rows.items() if path not in wanted and row.record.content_hash not in reused)
+    gone = collections.Counter(row.record.content_hash for path, row in old_rows.items() if path not in wanted)
+    arrived = collections.Counter(record.content_hash for path, (record, _) in ready.items() if path not in old_rows)
+    return sum(max(0, count - arrived[digest]) for digest, count in gone.items())
 
 
 def check_drop(options: ExtractOptions, dataset: Dataset, old: FeatureCache, planned: Plan) -> None:
