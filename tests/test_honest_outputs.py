@@ -1,0 +1,122 @@
+"""Outputs that say what really happened: metrics equal scikit-learn's, every visible file is read,
+and a cache's identity is what its features are, not where its weights file lies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from image_factory import photo, save
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from classifiers import EstimatorHead, load_head
+from features_cache.reader import FeatureCache
+from pipeline.analysis.html_page import per_class_metrics
+from pipeline.errors import PipelineError
+from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.training.datasets import load_split, save_run
+from pipeline.training.metrics import evaluate
+
+NUMBERED = [str(i) for i in range(11)]  # sorted as names: 0, 1, 10, 2, ... so positions are not values
+
+
+def coloured(seed: int, hue: int) -> Image.Image:
+    """A photo-like image pushed hard towards one of a few colours, so random-weight features separate classes."""
+    pixels = np.asarray(photo(40, 40, seed=seed)).astype(np.int16) // 3
+    pixels[..., hue % 3] += 80 + 40 * (hue // 3)
+    pixels[: 10 * (1 + hue % 4)] += 40  # a band whose height varies by class too
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def numbered_classes(root: Path, per_class: int = 8) -> Path:
+    """``root/0/ ... root/10/``: class folders named by numbers, each its own colour."""
+    for hue, name in enumerate(NUMBERED):
+        for i in range(per_class):
+            save(coloured(100 * hue + i, hue), root / name / f"img_{i}.png", "PNG")
+    return root
+
+
+def extract(data: Path, cache: Path, weights: str = "none") -> Path:
+    run_extract(ExtractOptions(data=str(data), cache=str(cache), weights=weights, image_size=32, batch_size=16))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def numbered_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("numbered")
+    return extract(numbered_classes(root / "photos"), root / "numbered.h5")
+
+
+# 1. save_run with integer labels --------------------------------------------------------------
+
+
+def test_save_run_with_integer_labels_records_sklearns_own_accuracy(numbered_cache, tmp_path):
+    with FeatureCache(numbered_cache) as cache:
+        assert cache.class_names[:3] == ["0", "1", "10"]
+        X_train, y_train = load_split(cache, "train", pooling="avg")
+        X_test, y_test = load_split(cache, "test", pooling="avg")
+        clf = LogisticRegression(max_iter=2000).fit(X_train, y_train.astype(int))
+        run = save_run(clf, cache, pooling="avg", runs_dir=tmp_path / "runs", name="ints")
+    predicted = clf.predict(X_test)
+    expected = accuracy_score(y_test.astype(int), predicted)
+    assert expected > 0.5  # a classifier that learned something, so a mix-up of columns shows
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] == pytest.approx(expected)
+    order = [int(name) for name in cache.class_names]
+    assert metrics["confusion_matrix"] == confusion_matrix(y_test.astype(int), predicted, labels=order).tolist()
+
+    loaded = load_head(run)  # evaluate and predict read the saved head: its 0..10 are labels there too
+    columns = np.argmax(loaded.class_probabilities(X_test, cache.class_names), axis=1)
+    assert [int(cache.class_names[c]) for c in columns] == predicted.tolist()
+
+
+def test_a_head_saved_before_labels_were_recorded_keeps_its_indices(numbered_cache, tmp_path):
+    with FeatureCache(numbered_cache) as cache:
+        X, y = load_split(cache, "train", pooling="avg")
+        names = cache.class_names
+    head = EstimatorHead(estimator=LogisticRegression(max_iter=500), pooling="avg").fit(X, np.array([names.index(v) for v in y]))
+    head.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "head.json").read_text())
+    del meta["classes_are"]  # as written before: int classes were positions in the run's class names
+    (tmp_path / "old" / "head.json").write_text(json.dumps(meta))
+    proba = load_head(tmp_path / "old").class_probabilities(X, names)
+    np.testing.assert_allclose(proba, head.predict_proba(X))
+
+
+def test_save_run_refuses_an_integer_class_the_cache_does_not_hold(numbered_cache, tmp_path):
+    with FeatureCache(numbered_cache) as cache:
+        X_train, y_train = load_split(cache, "train", pooling="avg")
+        clf = LogisticRegression(max_iter=200).fit(X_train, y_train.astype(int) + 1)  # 1..11: no class 11
+        with pytest.raises(PipelineError, match=r"^LogisticRegression of .*classes 11 are not among") as error:
+            save_run(clf, cache, pooling="avg", runs_dir=tmp_path / "runs")
+    assert "\n" not in str(error.value)
+
+
+# 2. Macro F1 -------------------------------------------------------------------------------------
+
+
+def test_macro_f1_counts_a_class_predicted_but_absent_as_sklearn_does():
+    names = ["cat", "dog", "fox", "owl"]
+    y_true = np.array([0, 0, 1, 1])
+    proba = np.eye(4)[[0, 0, 1, 2]]  # one dog called a fox; there is no fox; no owl at all
+    metrics = evaluate(y_true, proba, names)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, [0, 0, 1, 2], average="macro"))
+    assert round(metrics["macro_f1"], 3) == 0.556
+    shown = per_class_metrics(np.array(metrics["confusion_matrix"]), names)  # the report page's table
+    assert [(r.precision, r.recall, r.f1, r.support) for r in shown] == [
+        pytest.approx(tuple(metrics["per_class"][name].values())) for name in names
+    ]
+
+
+def test_a_runs_recorded_macro_f1_is_sklearns(numbered_cache, tmp_path):
+    with FeatureCache(numbered_cache) as cache:
+        X_train, y_train = load_split(cache, "train", pooling="avg")
+        X_test, y_test = load_split(cache, "test", pooling="avg")
+        clf = LogisticRegression(C=0.01, max_iter=200).fit(X_train, y_train)  # weak: some classes never predicted
+        run = save_run(clf, cache, pooling="avg", runs_dir=tmp_path / "runs", name="weak")
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_test, clf.predict(X_test), average="macro"))
