@@ -120,3 +120,19 @@ def test_a_runs_recorded_macro_f1_is_sklearns(numbered_cache, tmp_path):
         run = save_run(clf, cache, pooling="avg", runs_dir=tmp_path / "runs", name="weak")
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["macro_f1"] == pytest.approx(f1_score(y_test, clf.predict(X_test), average="macro"))
+
+
+# 3. Names that start with __ --------------------------------------------------------------------
+
+
+def test_names_starting_with_double_underscores_are_data_and_only_dot_names_are_hidden(tmp_path):
+    root = tmp_path / "photos"
+    for name in ("cat/img_0.png", "cat/__init__.png", "__background__/img_0.png", "__background__/img_1.png"):
+        save(coloured(len(name), len(name) % 5), root / name, "PNG")
+    save(coloured(1, 1), root / "cat" / ".thumb.png", "PNG")  # dot-files and dot-folders stay hidden
+    save(coloured(2, 2), root / ".trash" / "old.png", "PNG")
+    cache_path = extract(root, tmp_path / "c.h5")
+    with FeatureCache(cache_path) as cache:
+        assert cache.class_names == ["__background__", "cat"]
+        assert cache.paths == ["__background__/img_0.png", "__background__/img_1.png", "cat/__init__.png", "cat/img_0.png"]
+        assert cache.skipped() == []
