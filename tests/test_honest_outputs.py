@@ -3,9 +3,14 @@ and a cache's identity is what its features are, not where its weights file lies
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import h5py
+import keras
 import numpy as np
 import pytest
 from image_factory import photo, save
@@ -14,12 +19,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from classifiers import EstimatorHead, load_head
+from features_cache import schema
 from features_cache.reader import FeatureCache
+from features_cache.shards import open_shard
 from pipeline.analysis.html_page import per_class_metrics
+from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
+from pipeline.extraction.options import request_fingerprint
 from pipeline.training.datasets import load_split, save_run
 from pipeline.training.metrics import evaluate
+from pipeline.training.runs import check_same_cache, load_run_config
 
 NUMBERED = [str(i) for i in range(11)]  # sorted as names: 0, 1, 10, 2, ... so positions are not values
 
@@ -40,8 +50,16 @@ def numbered_classes(root: Path, per_class: int = 8) -> Path:
     return root
 
 
-def extract(data: Path, cache: Path, weights: str = "none") -> Path:
-    run_extract(ExtractOptions(data=str(data), cache=str(cache), weights=weights, image_size=32, batch_size=16))
+def extract_options(data: Path, cache: Path, weights: str | Path = "none") -> ExtractOptions:
+    return ExtractOptions(data=str(data), cache=str(cache), weights=str(weights), image_size=32, batch_size=16)
+
+
+def extract_report(data: Path, cache: Path, weights: str | Path = "none"):
+    return run_extract(extract_options(data, cache, weights))
+
+
+def extract(data: Path, cache: Path, weights: str | Path = "none") -> Path:
+    extract_report(data, cache, weights)
     return cache
 
 
@@ -136,3 +154,92 @@ def test_names_starting_with_double_underscores_are_data_and_only_dot_names_are_
         assert cache.class_names == ["__background__", "cat"]
         assert cache.paths == ["__background__/img_0.png", "__background__/img_1.png", "cat/__init__.png", "cat/img_0.png"]
         assert cache.skipped() == []
+
+
+# 4. Recipe identity keyed on the weights' values, not their path ------------------------------
+
+
+def seeded_weights(path: Path, seed: int) -> Path:
+    keras.utils.set_random_seed(seed)
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return path
+
+
+def two_classes(root: Path) -> Path:
+    for i in range(6):
+        save(coloured(i, i % 2), root / ("ab"[i % 2]) / f"img_{i}.png", "PNG")
+    return root
+
+
+def old_identity(recipe: schema.Recipe) -> str:
+    """The identity as written while the weights' path was part of it."""
+    fields = dataclasses.asdict(recipe)
+    if fields["decoder"] == schema.PILLOW:
+        del fields["decoder"]
+    payload = json.dumps({"schema_version": schema.SCHEMA_VERSION, **fields}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def written_before(cache_path: Path) -> str:
+    """Make the index carry the identity the path-keyed code gave it (its shards' sizes are in the index)."""
+    with FeatureCache(cache_path) as cache:
+        identity = old_identity(cache.recipe)
+    with h5py.File(cache_path, "r+") as f:
+        f.attrs["identity"] = identity
+    return identity
+
+
+def test_a_copy_of_the_weights_at_another_path_is_the_same_recipe(tmp_path, weights_file, capsys):
+    data = two_classes(tmp_path / "photos")
+    copy = tmp_path / "elsewhere" / weights_file.name
+    copy.parent.mkdir()
+    shutil.copyfile(weights_file, copy)
+    cache_path = extract(data, tmp_path / "c.h5", str(weights_file))
+    assert extract_report(data, cache_path, copy).extracted == 0
+    with FeatureCache(cache_path) as cache, FeatureCache(extract(data, tmp_path / "fresh.h5", str(copy))) as fresh:
+        assert fresh.identity == cache.identity and fresh.recipe == cache.recipe
+        assert fresh.recipe.weights == str(copy.resolve()) != cache.recipe.weights  # recorded, never compared
+    assert request_fingerprint(extract_options(data, cache_path, weights_file)) == request_fingerprint(
+        extract_options(data, cache_path, copy)
+    )
+    save(coloured(99, 0), data / "a" / "new.png", "PNG")
+    assert extract_report(data, cache_path, copy).extracted == 1
+    assert main(["info", str(cache_path)]) == 0
+    assert str(copy.resolve()) in capsys.readouterr().out
+    other = seeded_weights(tmp_path / "other.weights.h5", 99)
+    with pytest.raises(PipelineError, match=r"made with other settings \(weights: .*\(sha256 \w{12}\) != .*other\.weights\.h5"):
+        extract_report(data, cache_path, other)
+
+
+def test_a_cache_whose_identity_held_the_weights_path_keeps_working(tmp_path, weights_file):
+    data = two_classes(tmp_path / "photos")
+    cache_path = extract(data, tmp_path / "c.h5", str(weights_file))
+    identity = written_before(cache_path)
+    with FeatureCache(cache_path) as cache:
+        X, y = load_split(cache, "all", pooling="avg")
+        run = save_run(LogisticRegression().fit(X, y), cache, pooling="avg", runs_dir=tmp_path / "runs", name="old")
+    assert load_run_config(run)["cache"]["identity"] == identity
+
+    copy = tmp_path / "moved.weights.h5"
+    shutil.copyfile(weights_file, copy)
+    save(coloured(99, 0), data / "a" / "new.png", "PNG")
+    assert extract_report(data, cache_path, copy).extracted == 1
+    with FeatureCache(cache_path) as cache:
+        assert cache.identity != identity  # rewritten under the new identity...
+        check_same_cache(load_run_config(run), cache)  # ...and the run trained on it still scores it
+    with pytest.raises(PipelineError, match="made with other settings"):
+        extract_report(data, cache_path, seeded_weights(tmp_path / "other.weights.h5", 99))
+
+
+def test_a_shard_whose_identity_held_the_weights_path_is_still_adopted(tmp_path, weights_file):
+    cache_path = extract(two_classes(tmp_path / "photos"), tmp_path / "c.h5", str(weights_file))
+    with FeatureCache(cache_path) as cache:
+        recipe = cache.recipe
+    shard = tmp_path / "old-shard.h5"
+    shutil.copyfile(next(schema.shards_dir(cache_path).glob("shard-*.h5")), shard)
+    with h5py.File(shard, "r+") as f:
+        f.attrs["identity"] = old_identity(recipe)
+    moved = dataclasses.replace(recipe, weights="/elsewhere/vgg16_notop.weights.h5")
+    assert len(open_shard(shard, moved, read_features=True).records) > 0
+    with pytest.raises(ValueError, match="made with other settings"):
+        open_shard(shard, dataclasses.replace(moved, weights_sha256="0" * 64), read_features=False)
