@@ -49,6 +49,29 @@ def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
     raise SettingError(f"pooling={pooling!r} is unknown; use avg, max, flatten or none")
 
 
+def class_key(label: Any) -> str:
+    """A label as the class name it stands for: strings as they are, ints and numpy scalars by ``str``."""
+    return label if isinstance(label, str) else str(label.item() if isinstance(label, np.generic) else label)
+
+
+def class_columns(classes: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """The position in ``class_names`` of every label in ``classes``, matched by value (:func:`class_key`).
+
+    Raises ``ValueError`` naming the labels that are not among the names, or that name one class twice.
+    """
+    position = {str(name): i for i, name in enumerate(class_names)}
+    keys = [class_key(c) for c in np.asarray(classes).tolist()]
+    missing = [key for key in keys if key not in position]
+    if missing:
+        raise ValueError(
+            f"classes {', '.join(missing)} are not among the cache's classes ({', '.join(map(str, class_names))}); "
+            "fit on labels that are the cache's class names"
+        )
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"classes {', '.join(keys)} name one class twice; fit on labels that are the cache's class names")
+    return np.array([position[key] for key in keys], dtype=int)
+
+
 class RowSource(Protocol):
     """Training rows that stay on disk and are read a few at a time (data larger than memory)."""
 
@@ -60,6 +83,18 @@ class RowSource(Protocol):
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """float32 features of the row positions ``rows`` (0..n-1), in that order."""
+
+
+def classes_are(head: Head) -> str:
+    """What ``head.json`` says its ``classes`` are: ``labels`` (matched by value) or, for old heads, ``indices``."""
+    return "indices" if getattr(head, "_index_classes", False) else "labels"
+
+
+def read_classes_are(meta: dict) -> str:
+    """``classes_are`` of a saved head; files written before it was recorded held indices when they hold ints."""
+    if "classes_are" in meta:
+        return str(meta["classes_are"])
+    return "indices" if all(isinstance(c, int) and not isinstance(c, bool) for c in meta["classes"]) else "labels"
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -117,18 +152,18 @@ class Head(ClassifierMixin, BaseEstimator):
     def class_probabilities(self, X: np.ndarray, class_names: list[str]) -> np.ndarray:
         """``predict_proba`` with one column per name in ``class_names`` (a cache's classes); 0 for classes never seen.
 
-        Heads saved before ``classes_`` held names hold class indices; those are read as indices.
+        ``classes_`` are matched to the names by value (``3`` is the class ``"3"``), never
+        used as positions: only heads saved before ``classes_`` held labels hold indices.
         """
         proba = self.predict_proba(X)
         out = np.zeros((len(proba), len(class_names)))
-        if self.classes_.dtype.kind in "iu":
+        if getattr(self, "_index_classes", False):
             out[:, self.classes_] = proba
             return out
-        position = {str(name): i for i, name in enumerate(class_names)}
-        missing = [str(c) for c in self.classes_ if str(c) not in position]
-        if missing:
-            raise FeatureShapeError(f"{self.name}: classes {', '.join(missing)} of the head are not among {', '.join(class_names)}")
-        out[:, [position[str(c)] for c in self.classes_]] = proba
+        try:
+            out[:, class_columns(self.classes_, class_names)] = proba
+        except ValueError as error:
+            raise FeatureShapeError(f"{self.name}: {error}") from None
         return out
 
     def to_keras(self):
@@ -145,6 +180,7 @@ class Head(ClassifierMixin, BaseEstimator):
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         self.classes_, columns = np.unique(y, return_inverse=True)
+        self._index_classes = False
         if len(self.classes_) < 2:
             raise SettingError(
                 f"{self.name}: the training data holds {len(self.classes_)} class; a classifier needs at least 2"
@@ -206,6 +242,7 @@ class Head(ClassifierMixin, BaseEstimator):
             "head": self.name,
             "params": self.get_params(),
             "classes": self.classes_.tolist(),
+            "classes_are": classes_are(self),
             "input_shape": list(self.input_shape_),
         }
         (folder / HEAD_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -216,6 +253,7 @@ class Head(ClassifierMixin, BaseEstimator):
         meta = json.loads((folder / HEAD_FILE).read_text(encoding="utf-8"))
         head = cls(**meta["params"])
         head.classes_ = np.asarray(meta["classes"])
+        head._index_classes = read_classes_are(meta) == "indices"
         head.input_shape_ = tuple(meta["input_shape"])
         head.n_features_in_ = int(np.prod(head.input_shape_))
         history = folder / HISTORY_FILE

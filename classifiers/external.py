@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 from sklearn.utils._param_validation import HasMethods, StrOptions
 
-from classifiers.base import HEAD_FILE, HISTORY_FILE, POOLINGS, Head, pool_maps
+from classifiers.base import HEAD_FILE, HISTORY_FILE, POOLINGS, Head, classes_are, pool_maps
 from classifiers.errors import SettingError
 
 
@@ -56,6 +56,7 @@ class EstimatorHead(Head):
 
     def _adopt_classes(self) -> EstimatorHead:
         self.classes_ = np.asarray(self.estimator_.classes_)
+        self._index_classes = False  # an estimator's classes_ are its labels, whatever their type
         self.history_ = {}
         return self
 
@@ -77,6 +78,7 @@ class EstimatorHead(Head):
             "params": {"pooling": self.pooling},
             "estimator": repr(self.estimator_),
             "classes": self.classes_.tolist(),
+            "classes_are": classes_are(self),
             "input_shape": list(self.input_shape_),
         }
         (folder / HEAD_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

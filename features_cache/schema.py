@@ -68,10 +68,15 @@ CHUNK_TARGET_BYTES = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Everything that decides what a feature vector is; two caches mix only if equal."""
+    """Everything that decides what a feature vector is; two caches mix only if equal.
+
+    ``weights`` says where the weights came from (a file's path, ``imagenet``, a seed): it is
+    recorded and shown, but ``weights_sha256``, the hash of the weight values, is what decides
+    the features, so a byte-identical copy elsewhere makes an equal recipe.
+    """
 
     backbone: str
-    weights: str
+    weights: str = dataclasses.field(compare=False)
     weights_sha256: str
     image_size: int
     preprocessing: str
@@ -82,22 +87,38 @@ class Recipe:
     storage_dtype: str
     decoder: str = PILLOW  # what turned files into pixels: Pillow, or a device decoder (other pixels)
 
+    def identity_fields(self) -> dict[str, object]:
+        """The fields that decide the features (every field but the information-only ``weights``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+
     def fingerprint(self) -> str:
-        """A short hash of the recipe and schema version, used as the cache's identity.
+        """A short hash of the recipe's identity fields and schema version, used as the cache's identity.
 
         The decoder enters it only when it is not Pillow, so caches made before it was
         recorded keep their identity.
         """
-        fields = dataclasses.asdict(self)
-        if fields["decoder"] == PILLOW:
-            del fields["decoder"]
-        payload = json.dumps({"schema_version": SCHEMA_VERSION, **fields}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return _fingerprint(self.identity_fields(), self.decoder)
+
+    def legacy_fingerprint(self) -> str:
+        """The identity caches and shards were given while the weights' path was part of it."""
+        return _fingerprint(dataclasses.asdict(self), self.decoder)
+
+    def is_identity(self, identity: str) -> bool:
+        """Whether ``identity`` was written for this recipe, now or before the weights' path left it."""
+        return identity in (self.fingerprint(), self.legacy_fingerprint())
 
     def differences(self, other: Recipe) -> list[str]:
-        """Human-readable ``field: ours != theirs`` for every field that differs."""
-        ours, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
-        return [f"{key}: {theirs[key]} != {ours[key]}" for key in ours if ours[key] != theirs[key]]
+        """Human-readable ``field: theirs != ours`` for every identity field that differs.
+
+        Weights are named by where they came from too, since a hash alone does not say which file to use.
+        """
+        ours, theirs = self.identity_fields(), other.identity_fields()
+        return [
+            f"weights: {other.weights} (sha256 {other.weights_sha256[:12]}) != {self.weights} (sha256 {self.weights_sha256[:12]})"
+            if key == "weights_sha256" else f"{key}: {theirs[key]} != {ours[key]}"
+            for key in ours
+            if ours[key] != theirs[key]
+        ]
 
     def to_attrs(self) -> dict[str, object]:
         return {f"recipe.{key}": value for key, value in dataclasses.asdict(self).items()}
@@ -112,6 +133,25 @@ class Recipe:
             value = attrs[key]
             values[field.name] = int(value) if field.type == "int" else str(value)
         return cls(**values)
+
+
+def _fingerprint(fields: dict[str, object], decoder: str) -> str:
+    fields = dict(fields)
+    if decoder == PILLOW:
+        del fields["decoder"]
+    payload = json.dumps({"schema_version": SCHEMA_VERSION, **fields}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def same_features(identity: str, recipe: Recipe, other_identity: str, other: Recipe) -> bool:
+    """Whether two stored things (caches, shards, a run's cache) hold features made the same way.
+
+    Equal identities say so; so do equal recipes whose identities are each their own recipe's,
+    which is how a cache written before the weights' path left the identity still matches.
+    """
+    if identity == other_identity:
+        return True
+    return recipe == other and recipe.is_identity(identity) and other.is_identity(other_identity)
 
 
 def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:

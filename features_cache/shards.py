@@ -82,7 +82,7 @@ def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Sha
     try:
         size = path.stat().st_size
         with h5py.File(path, "r") as f:
-            if str(f.attrs.get("identity", "")) != recipe.fingerprint():
+            if not _made_with(f.attrs, recipe):
                 raise ValueError("made with other settings")
             features = f[schema.FEATURES]
             records, skipped = read_records(f), read_skipped(f)
@@ -94,6 +94,18 @@ def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Sha
         return Shard(path, size, file_digest(path), records, skipped)
     except (OSError, KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
+
+def _made_with(attrs, recipe: schema.Recipe) -> bool:
+    """Whether a shard's attributes say ``recipe`` made it (by identity, or by an equal recipe for older shards)."""
+    identity = str(attrs.get("identity", ""))
+    if identity == recipe.fingerprint():
+        return True
+    try:
+        stored = schema.Recipe.from_attrs(attrs)
+    except (KeyError, ValueError):
+        return False
+    return schema.same_features(identity, stored, recipe.fingerprint(), recipe)
 
 
 def remove_temporaries(folder: Path, prefix: str = ".") -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from features_cache import schema
 from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
-from features_cache.records import FileStamp
+from features_cache.shards import file_digest
 from pipeline.errors import PipelineError
 from pipeline.extraction.backbone_specs import check_backbone, cpu_flags, weights_path
 from pipeline.extraction.images import ResizeSpec
@@ -81,16 +81,14 @@ def request_fingerprint(options: ExtractOptions) -> str:
 
     When it equals the one stored by the run that wrote the cache, and no file changed,
     the run is a no-op decided without importing Keras or building the model. Anything
-    else takes the full path, which checks the real recipe.
+    else takes the full path, which checks the real recipe. A weights file enters by its
+    bytes, not its path, so a copy elsewhere asks for the same thing and a file rewritten
+    in place does not.
     """
-    weights_file = weights_path(options.backbone, options.weights, options.image_size)
-    stamp = None
-    if weights_file is not None and weights_file.is_file():
-        stamp = dataclasses.astuple(FileStamp.of(weights_file))
     payload = {
         **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
-        "weights_file": str(weights_file) if weights_file else None,
-        "weights_stamp": stamp,
+        "weights": options.weights if options.weights in ("imagenet", "none") else "file",
+        "weights_digest": _weights_digest(options),
         "gpu_decoding": options.decoder == "gpu",  # threads or processes make the same pixels; the GPU does not
         "host": socket.gethostname(),
         "keras_backend": os.environ.get("KERAS_BACKEND", ""),
@@ -98,6 +96,17 @@ def request_fingerprint(options: ExtractOptions) -> str:
         "cpu_bfloat16": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _weights_digest(options: ExtractOptions) -> str | None:
+    """BLAKE2b of the weights file ``--weights`` loads (None for random weights or a file not there yet)."""
+    weights_file = weights_path(options.backbone, options.weights, options.image_size)
+    if weights_file is None or not weights_file.is_file():
+        return None
+    try:
+        return file_digest(weights_file)
+    except OSError:
+        return None
 
 
 _NOT_IN_REQUEST = (

@@ -6,7 +6,8 @@ relabel every image) and never to the same file twice (links and hard links are
 deduplicated by the file they reach, the first path in sorted order wins). What was left
 out, and why, is reported with the other skipped files. File and folder names that are
 not valid UTF-8 cannot be stored in the cache's UTF-8 path list: they are skipped and
-reported (with their bytes escaped) so the file can be renamed.
+reported (with their bytes escaped) so the file can be renamed. Only dot-files and
+dot-folders are hidden; every other name is read or reported.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def discover(source: str | os.PathLike) -> Dataset:
 
 
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
+    """Dot-files and dot-folders only: ``__background__/`` or ``__init__.png`` are data like any other name."""
+    return name.startswith(".")
 
 
 def candidate_files(folder: Path) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import EstimatorHead, Head
-from classifiers.base import POOLINGS, pool_maps
+from classifiers.base import POOLINGS, class_columns, pool_maps
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
 from pipeline.training import runs
@@ -81,12 +81,10 @@ def save_run(
         head = EstimatorHead(estimator=estimator, pooling=pooling or "none").adopt(cache.feature_shape)
     if not hasattr(head, "classes_"):
         raise PipelineError(f"{type(estimator).__name__} is not fitted; call its fit first")
-    unknown = sorted({str(c) for c in head.classes_} - set(cache.class_names))
-    if unknown:
-        raise PipelineError(
-            f"the classifier knows classes {', '.join(unknown)} that {cache.path} does not hold; "
-            "fit it on labels from load_split (class names)"
-        )
+    try:
+        class_columns(head.classes_, cache.class_names)
+    except ValueError as error:
+        raise PipelineError(f"{type(estimator).__name__} of {cache.path}: {error}, e.g. y from load_split") from None
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

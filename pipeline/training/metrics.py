@@ -12,6 +12,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
 
     ``y_true`` are class indices into ``class_names``; ``proba`` has one column per class.
     Classes absent from ``y_true`` still get a row (support 0), so splits compare cell by cell.
+    Macro F1 averages over the classes present or predicted, as ``f1_score(average="macro")``
+    does: a class predicted but absent counts with F1 0, a class neither present nor predicted
+    is left out (its F1 is undefined, not 0).
     """
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
@@ -20,11 +23,11 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=labels, zero_division=0
     )
-    present = support > 0
+    scored = (support > 0) | np.isin(labels, predicted)
     return {
         "n": int(len(y_true)),
         "accuracy": float(np.mean(predicted == y_true)),
-        "macro_f1": float(np.mean(f1[present])),
+        "macro_f1": float(np.mean(f1[scored])),
         "log_loss": float(log_loss(y_true, proba, labels=labels)),  # sklearn clips to [eps, 1 - eps] itself
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

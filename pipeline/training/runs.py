@@ -22,7 +22,7 @@ import numpy as np
 
 from features_cache import atomic
 from features_cache.reader import FeatureCache
-from features_cache.schema import Recipe
+from features_cache.schema import Recipe, same_features
 from pipeline.errors import PipelineError
 from pipeline.versions import library_versions
 
@@ -73,9 +73,10 @@ def load_run_config(run_dir: str | Path) -> dict:
 def check_same_cache(config: dict, cache: FeatureCache) -> None:
     """Refuse to use a run's head on features made another way than the ones it was trained on."""
     trained = config["cache"]
-    if trained["identity"] == cache.identity:
+    recipe = Recipe(**trained["recipe"])
+    if same_features(trained["identity"], recipe, cache.identity, cache.recipe):
         return
-    differences = Recipe(**trained["recipe"]).differences(cache.recipe)
+    differences = recipe.differences(cache.recipe)
     raise PipelineError(
         f"run {config['name']!r} was trained on cache {trained['identity']} ({trained['path']}) but {cache.path} "
         f"is {cache.identity}, made another way ({'; '.join(differences) or 'schema differs'}); "
