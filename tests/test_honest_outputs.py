@@ -81,7 +81,7 @@ def test_save_run_with_integer_labels_records_sklearns_own_accuracy(numbered_cac
         run = save_run(clf, cache, pooling="avg", runs_dir=tmp_path / "runs", name="ints")
     predicted = clf.predict(X_test)
     expected = accuracy_score(y_test.astype(int), predicted)
-    assert expected > 0.5  # a classifier that learned something, so a mix-up of columns shows
+    assert expected > 0.3  # far above the 1/11 of chance: a mix-up of columns shows
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["accuracy"] == pytest.approx(expected)
     order = [int(name) for name in cache.class_names]
