@@ -31,7 +31,7 @@ from bench.real_photos import build_classes, sample_photos
 
 COPY_KINDS = ("exact", "reencoded", "resized", "crop90")
 COPIES_PER_KIND = 6
-FLIPS = 12
+FLIPS = 20
 
 
 def plant(root: Path, made: dict[str, list[Path]], seed: int = 0) -> dict[str, object]:
@@ -124,14 +124,18 @@ def score_outliers(audit: Path, foreign: list[str]) -> dict[str, object]:
     }
 
 
-def score_labels(audit: Path, flips: list[str]) -> dict[str, object]:
+def score_labels(audit: Path, flips: list[str], foreign: list[str]) -> dict[str, object]:
+    """Recall of flipped labels; precision over flips, and over flips and foreign files (whose label is wrong too)."""
     rows = read_csv(audit / "label_issues.csv")
     flagged = [row["path"] for row in rows if row["flagged"] == "1"]
-    hits = set(flagged) & set(flips)
+    hits, wrong = set(flagged) & set(flips), set(flagged) & {*flips, *foreign}
+    ranks = sorted(int(row["rank"]) for row in rows if row["path"] in set(flips))
     return {
         "flagged": len(flagged),
         "recall": round(len(hits) / len(flips), 2),
         "precision": round(len(hits) / len(flagged), 2) if flagged else 1.0,
+        "precision_with_foreign": round(len(wrong) / len(flagged), 2) if flagged else 1.0,
+        "ranks_of_flips": ranks,
     }
 
 
@@ -150,7 +154,7 @@ def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, obje
     }
     if planted:
         result["duplicates"] = score_duplicates(out / "audit", truth["copies"])  # type: ignore[arg-type]
-        result["labels"] = score_labels(out / "audit", truth["flips"])  # type: ignore[arg-type]
+        result["labels"] = score_labels(out / "audit", truth["flips"], truth["foreign"])  # type: ignore[arg-type]
     return result
 
 
