@@ -158,12 +158,40 @@ def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, obje
     return result
 
 
+def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
+    """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them (no pixels)."""
+    from classifiers import LogRegHead
+    from pipeline.health import duplicates, labels, outliers
+    from pipeline.health.embeddings import unit_rows
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, n)
+    X = np.maximum(rng.normal(0, 1, (classes, channels))[y] + rng.normal(0, 1.5, (n, channels)), 0).astype(np.float32)
+    hashes = [f"{i:032x}" for i in range(n)]
+    timings = {}
+    started = time.perf_counter()
+    pairs = duplicates.near_duplicates(unit_rows(X), hashes, None)
+    timings["near-duplicates (candidates)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    groups = duplicates.fold_groups(hashes, duplicates.groups(pairs, n))
+    outliers.class_relative_z(outliers.class_knn_distance(outliers.raw_unit_rows(X), y, groups=groups), y)
+    timings["outliers"] = time.perf_counter() - started
+    started = time.perf_counter()
+    labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0, groups), y)
+    timings["label issues (5-fold logreg)"] = time.perf_counter() - started
+    print(f"{n} synthetic codes: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.health", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", action="append", help="backbone weights (repeat for several; default none)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="bench-out/health")
+    parser.add_argument("--synthetic", type=int, default=0, help="only time the sections on this many synthetic codes")
     args = parser.parse_args(argv)
+    if args.synthetic:
+        time_synthetic(args.synthetic)
+        return 0
     results = {}
     for weights in args.weights or ["none"]:
         name = "random" if weights == "none" else Path(weights).name

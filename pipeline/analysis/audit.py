@@ -122,7 +122,7 @@ def run_audit(
     if ranking not in labels.RANKINGS:
         raise PipelineError(f"--rank {ranking}: unknown ranking; use one of {', '.join(labels.RANKINGS)}")
     if not 0 < threshold <= 1:
-        raise PipelineError(f"--threshold {threshold}: a cosine similarity in (0, 1], e.g. 0.86")
+        raise PipelineError(f"--threshold {threshold}: a cosine similarity in (0, 1], e.g. 0.80")
     try:
         with FeatureCache(cache_path) as cache:
             class_names, label_ids = cache.class_names, cache.labels
@@ -136,7 +136,7 @@ def run_audit(
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
     estimator = head_estimator(head, dict(params or {}))
-    pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold)
+    pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold, search_pixels=True)
     near = duplicates.groups(pairs, len(paths))
     fold_groups = duplicates.fold_groups(content_hashes, near)
     probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed, fold_groups)

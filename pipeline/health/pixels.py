@@ -75,6 +75,15 @@ class Thumbnails:
             _window(grey, scale, fx, fy) for scale in SCALES for fx in PLACES for fy in PLACES
         ]
 
+    def wholes(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), THUMB_SIDE**2) whole thumbnails, zero for images pixels cannot judge: for a search in pixels."""
+        out = np.zeros((len(rows), THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
+        for i, row in enumerate(rows):
+            views = self.views(int(row))
+            if views is not None:
+                out[i] = views[0]
+        return out
+
     def similarity(self, a: int, b: int) -> float | None:
         """The best correlation of one image's crops (or the whole) with the other whole; None if either is unreadable."""
         views_a, views_b = self.views(a), self.views(b)
