@@ -1,19 +1,23 @@
-"""Calibrate and measure the dataset-health checks on photo-like images with planted problems.
+"""Measure the dataset-health checks on real photos with planted problems, as a user meets them.
 
-    python -m bench.health [--n 150] [--size 224] [--out bench-out/health]
+    python -m bench.health --weights /tmp/vgg16_real.weights.h5 [--weights none] [--size 224] [--out bench-out/health]
 
-Writes N distinct photo-like JPEGs in three classes, then plants copies of some of them into
-other splits (exact copy, JPEG re-encoded at quality 50, resized to half, a 90% centre crop,
-a horizontal flip), images of a foreign class (flat noise fields), and flipped labels;
-extracts them with ``pipeline extract`` and runs ``pipeline audit``. Prints the cosine
-similarities of planted copies against the closest distinct pairs (the duplicate threshold
-sits between them), and precision and recall of each section.
+Classes are tiles of real sample photos (bench/real_photos.py): textures, a retina, a star
+field, a cat, coffee, where every image has look-alikes, and ``misc``, where images vary a
+lot. Planted: copies of some images under new names (exact, JPEG re-encoded at quality 50-70,
+resized to 0.5-0.8, 90% crops), foreign files (noise, a flat frame, a chessboard, a logo,
+a text page), and flipped labels (an image moved into another class's folder). Each set is
+extracted with ``pipeline extract`` and checked with ``pipeline audit``, as whole processes,
+and each detector is scored with precision and recall; a clean set (nothing planted) gives
+the false-alarm rate of outliers. Run it once per ``--weights``: ImageNet-like weights
+(``../shared/weights/hed_vgg16.py``) are what users see; ``none`` (random) is the contrast.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -23,67 +27,139 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.photos import photo
+from bench.real_photos import build_classes, sample_photos
 
-VARIANTS = {
-    "copy": lambda image: image,
-    "reencoded": lambda image: image,  # saved at quality 50 below
-    "half": lambda image: image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR),
-    "crop90": lambda image: ImageOps.crop(image, border=(image.width // 20, image.height // 20)),
-    "flip": ImageOps.mirror,
-}
+COPY_KINDS = ("exact", "reencoded", "resized", "crop90")
+COPIES_PER_KIND = 6
+FLIPS = 20
 
 
-def build(root: Path, n: int) -> dict[str, set[str]]:
-    classes = ("beach", "city", "forest")
-    planted: dict[str, set[str]] = {"duplicates": set(), "outliers": set(), "labels": set()}
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        label = classes[i % 3]
-        split = "train" if i % 5 else "test"
-        image = photo(i * 7 + 3)
-        image = image.resize((500, 375)) if image.size[0] > 1000 else image
-        pixels = np.asarray(image).astype(np.int16)
-        pixels[..., classes.index(label)] += 70  # each class leans to one colour, so labels can be learned
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-        if i < 18 and i % 3 == 0:  # flipped labels: stored under the next class
-            label = classes[(i // 3 + 1) % 3]
-            planted["labels"].add(f"{split}/{label}/p{i:04d}.jpg")
-        target = root / split / label / f"p{i:04d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, quality=90)
-        if i % 10 == 1 and i < 10 * len(VARIANTS) + 1:  # one variant kind per chosen photo, into the other split
-            kind = list(VARIANTS)[(i // 10) % len(VARIANTS)]
-            other = "test" if split == "train" else "train"
-            copy = root / other / label / f"p{i:04d}-{kind}.jpg"
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            if kind == "copy":
-                shutil.copy(target, copy)
-            else:
-                VARIANTS[kind](image).save(copy, quality=50 if kind == "reencoded" else 90)
-            planted["duplicates"].add(f"{other}/{label}/{copy.name}")
-    for j in range(4):  # files of no class: noise, stripes, a checkerboard, a blank frame, each its own kind
-        y, x = np.mgrid[0:375, 0:500]
-        pattern = [
-            rng.integers(0, 256, (375, 500, 3)),
-            np.stack([(x // 6 % 2) * 255] * 3, axis=-1),
-            np.stack([((x // 40 + y // 40) % 2) * 230 + 10, (x // 40 % 2) * 100, (y // 40 % 2) * 200], axis=-1),
-            np.full((375, 500, 3), 12),
-        ][j]
-        path = root / "train" / classes[j % 3] / f"foreign{j}.png"
-        Image.fromarray(pattern.astype(np.uint8)).save(path)
-        planted["outliers"].add(f"train/{classes[j % 3]}/{path.name}")
-    return planted
+def plant(root: Path, made: dict[str, list[Path]], seed: int = 0) -> dict[str, object]:
+    """Copies, foreign files and flipped labels in ``root``; returns what was planted where."""
+    rng = np.random.default_rng(seed)
+    everything = [path for paths in made.values() for path in paths]
+    chosen = rng.choice(len(everything), len(COPY_KINDS) * COPIES_PER_KIND + FLIPS, replace=False)
+    copies: list[tuple[str, str, str]] = []
+    for number, index in enumerate(chosen[: len(COPY_KINDS) * COPIES_PER_KIND]):
+        kind, source = COPY_KINDS[number // COPIES_PER_KIND], everything[index]
+        target = source.with_name(f"{source.stem}-copy-{kind}.jpg")
+        image = Image.open(source).convert("RGB")
+        if kind == "exact":
+            shutil.copyfile(source, target)
+        elif kind == "reencoded":
+            image.save(target, "JPEG", quality=int(rng.integers(50, 71)))
+        elif kind == "resized":
+            factor = float(rng.uniform(0.5, 0.8))
+            image.resize((int(image.width * factor), int(image.height * factor)), Image.Resampling.BILINEAR).save(target, "JPEG", quality=90)
+        else:
+            ImageOps.crop(image, border=(image.width // 20, image.height // 20)).save(target, "JPEG", quality=90)
+        copies.append((kind, _rel(root, source), _rel(root, target)))
+    flips = []
+    labels = list(made)
+    for index in chosen[len(COPY_KINDS) * COPIES_PER_KIND :]:
+        source = everything[index]
+        other = labels[(labels.index(source.parent.name) + 1 + int(rng.integers(0, len(labels) - 1))) % len(labels)]
+        target = root / other / source.name
+        source.rename(target)
+        flips.append(_rel(root, target))
+    photos = sample_photos()
+    foreign = {
+        "noise.png": Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)),
+        "flat.png": Image.new("RGB", (256, 256), (128, 128, 128)),
+        "chessboard.png": photos["chessboard_RGB.png"].resize((256, 256), Image.Resampling.NEAREST),
+        "logo.png": photos["logo.png"],
+        "page.png": photos["page.png"],
+    }
+    planted_foreign = []
+    for number, (name, image) in enumerate(foreign.items()):
+        target = root / labels[number % len(labels)] / f"foreign-{name}"
+        image.save(target)
+        planted_foreign.append(_rel(root, target))
+    return {"copies": copies, "flips": flips, "foreign": planted_foreign}
 
 
-def precision_recall(found: set[str], planted: set[str]) -> str:
-    hits = len(found & planted)
-    precision = hits / len(found) if found else 1.0
-    return f"precision {precision:.2f} ({hits}/{len(found)}), recall {hits / len(planted):.2f} ({hits}/{len(planted)})"
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def run(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline", *command], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def score_duplicates(audit: Path, copies: list[tuple[str, str, str]]) -> dict[str, object]:
+    """Recall per copy kind (the copy is grouped with its source), and pair precision over every reported pair."""
+    rows = read_csv(audit / "duplicates.csv")
+    group_of = {row[key]: row["group"] for row in rows for key in ("path_a", "path_b")}
+    planted_pairs = {frozenset((source, copy)) for _, source, copy in copies}
+    found_pairs = {frozenset((row["path_a"], row["path_b"])) for row in rows}
+    recall = {}
+    for kind in COPY_KINDS:
+        mine = [(s, c) for k, s, c in copies if k == kind]
+        hits = sum(1 for s, c in mine if s in group_of and group_of.get(s) == group_of.get(c))
+        recall[kind] = round(hits / len(mine), 2)
+    true_pairs = len(found_pairs & planted_pairs)
+    return {
+        "recall": recall,
+        "pairs_reported": len(found_pairs),
+        "precision": round(true_pairs / len(found_pairs), 2) if found_pairs else 1.0,
+    }
+
+
+def score_outliers(audit: Path, foreign: list[str]) -> dict[str, object]:
+    flagged = [row["path"] for row in read_csv(audit / "outliers.csv")]
+    hits = [path for path in flagged if path in foreign]
+    ranks = sorted(flagged.index(path) + 1 for path in hits)
+    return {
+        "flagged": len(flagged),
+        "recall": round(len(hits) / len(foreign), 2) if foreign else None,
+        "precision": round(len(hits) / len(flagged), 2) if flagged and foreign else None,
+        "ranks_of_planted": ranks,
+    }
+
+
+def score_labels(audit: Path, flips: list[str], foreign: list[str]) -> dict[str, object]:
+    """Recall of flipped labels; precision over flips, and over flips and foreign files (whose label is wrong too)."""
+    rows = read_csv(audit / "label_issues.csv")
+    flagged = [row["path"] for row in rows if row["flagged"] == "1"]
+    hits, wrong = set(flagged) & set(flips), set(flagged) & {*flips, *foreign}
+    ranks = sorted(int(row["rank"]) for row in rows if row["path"] in set(flips))
+    return {
+        "flagged": len(flagged),
+        "recall": round(len(hits) / len(flips), 2),
+        "precision": round(len(hits) / len(flagged), 2) if flagged else 1.0,
+        "precision_with_foreign": round(len(wrong) / len(flagged), 2) if flagged else 1.0,
+        "ranks_of_flips": ranks,
+    }
+
+
+def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, object]:
+    data = out / "data"
+    shutil.rmtree(out, ignore_errors=True)
+    made = build_classes(data)
+    truth = plant(data, made) if planted else {"copies": [], "flips": [], "foreign": []}
+    (out / "planted.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+    cache = out / "cache.h5"
+    extract_seconds = run(["extract", str(data), "--cache", str(cache), "--weights", weights, "--image-size", str(size)])
+    audit_seconds = run(["audit", str(cache), "--out", str(out / "audit")])
+    result: dict[str, object] = {
+        "images": sum(1 for _ in data.rglob("*.*")), "extract_s": round(extract_seconds, 1), "audit_s": round(audit_seconds, 1),
+        "outliers": score_outliers(out / "audit", truth["foreign"]),  # type: ignore[arg-type]
+    }
+    if planted:
+        result["duplicates"] = score_duplicates(out / "audit", truth["copies"])  # type: ignore[arg-type]
+        result["labels"] = score_labels(out / "audit", truth["flips"], truth["foreign"])  # type: ignore[arg-type]
+    return result
 
 
 def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
-    """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them."""
+    """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them (no pixels)."""
     from classifiers import LogRegHead
     from pipeline.health import duplicates, labels, outliers
     from pipeline.health.embeddings import unit_rows
@@ -91,63 +167,39 @@ def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)
     X = np.maximum(rng.normal(0, 1, (classes, channels))[y] + rng.normal(0, 1.5, (n, channels)), 0).astype(np.float32)
+    hashes = [f"{i:032x}" for i in range(n)]
     timings = {}
     started = time.perf_counter()
-    unit = unit_rows(X)
-    duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD)
-    timings["near-duplicates"] = time.perf_counter() - started
+    pairs = duplicates.near_duplicates(unit_rows(X), hashes, None)
+    timings["near-duplicates (candidates)"] = time.perf_counter() - started
     started = time.perf_counter()
-    outliers.class_knn_distance(outliers.raw_unit_rows(X), y)
+    groups = duplicates.fold_groups(hashes, duplicates.groups(pairs, n))
+    outliers.class_relative_z(outliers.class_knn_distance(outliers.raw_unit_rows(X), y, groups=groups), y)
     timings["outliers"] = time.perf_counter() - started
     started = time.perf_counter()
-    labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0), y)
+    labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0, groups), y)
     timings["label issues (5-fold logreg)"] = time.perf_counter() - started
     print(f"{n} synthetic codes: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=150)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.health", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", action="append", help="backbone weights (repeat for several; default none)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="bench-out/health")
     parser.add_argument("--synthetic", type=int, default=0, help="only time the sections on this many synthetic codes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.synthetic:
         time_synthetic(args.synthetic)
         return 0
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    planted = build(out / "data", args.n)
-    cache = out / "cache.h5"
-    common = ["--cache", str(cache), "--weights", "none", "--image-size", str(args.size)]
-    subprocess.run([sys.executable, "-m", "pipeline", "extract", str(out / "data"), *common], check=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline", "audit", str(cache), "--threshold", "0.5", "--out", str(out / "audit")],
-                   check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - started
-    with open(out / "audit" / "duplicates.csv", newline="") as handle:
-        pairs = list(csv.DictReader(handle))
-    planted_pairs = [p for p in pairs if p["path_a"] in planted["duplicates"] or p["path_b"] in planted["duplicates"]]
-    by_copy: dict[str, float] = {}
-    for p in planted_pairs:
-        copy = p["path_a"] if p["path_a"] in planted["duplicates"] else p["path_b"]
-        by_copy[copy] = max(by_copy.get(copy, 0.0), float(p["similarity"]))
-    distinct = sorted((float(p["similarity"]) for p in pairs if p not in planted_pairs), reverse=True)
-    print("planted copies, best similarity:", {Path(k).stem: round(v, 3) for k, v in sorted(by_copy.items())})
-    print("closest distinct pairs:", [round(s, 3) for s in distinct[:5]])
-    subprocess.run([sys.executable, "-m", "pipeline", "audit", str(cache), "--out", str(out / "audit")], check=True,
-                   stdout=subprocess.DEVNULL)
-    with open(out / "audit" / "duplicates.csv", newline="") as handle:
-        found = {row[key] for row in csv.DictReader(handle) for key in ("path_a", "path_b")}
-    flagged_copies = {path for path in found if "-" in Path(path).stem}
-    with open(out / "audit" / "outliers.csv", newline="") as handle:
-        outliers = {row["path"] for row in csv.DictReader(handle)}
-    with open(out / "audit" / "label_issues.csv", newline="") as handle:
-        issues = {row["path"] for row in csv.DictReader(handle) if row["flagged"] == "1"}
-    print(f"{sum(1 for _ in (out / 'data').rglob('*.*'))} images, audit {seconds:.1f} s (whole process)")
-    print("near-duplicates (copies found):", precision_recall(flagged_copies, planted["duplicates"]))
-    print("outliers:", precision_recall(outliers, planted["outliers"]))
-    print("label issues:", precision_recall(issues, planted["labels"]))
+    results = {}
+    for weights in args.weights or ["none"]:
+        name = "random" if weights == "none" else Path(weights).name
+        for planted in (True, False):
+            key = f"{name} {'planted' if planted else 'clean'}"
+            results[key] = measure(Path(args.out) / key.replace(" ", "-"), weights, args.size, planted)
+            print(key, json.dumps(results[key]), flush=True)
+    (Path(args.out) / "health.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -161,7 +161,8 @@ def test_alike_wrong_files_in_several_classes_cannot_vouch_for_one_another():
     centres = rng.normal(0, 1, (4, 64))
     codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres[:3]] + [centres[3] + rng.normal(0, 0.3, (4, 64))])
     labels_of = np.concatenate([np.repeat(np.arange(3), 60), [0, 1, 2, 0]])
-    z = outliers.robust_z(outliers.class_knn_distance(outliers.raw_unit_rows(codes.astype(np.float32)), labels_of))
+    scores = outliers.class_knn_distance(outliers.raw_unit_rows(codes.astype(np.float32)), labels_of)
+    z = outliers.class_relative_z(scores, labels_of)
     assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182, 183}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.health import balance, duplicates, labels, outliers
 from pipeline.health.embeddings import pooled, unit_rows
+from pipeline.health.pixels import Thumbnails
 
 
 @dataclasses.dataclass
@@ -63,9 +64,9 @@ class AuditResult:
 
     @property
     def outlier_rows(self) -> np.ndarray:
-        """Outliers, most isolated first."""
+        """Outliers, the most atypical for their class first."""
         rows = np.flatnonzero(self.outlier_z > outliers.Z_THRESHOLD)
-        return rows[np.argsort(-self.outlier_scores[rows], kind="stable")]
+        return rows[np.argsort(-self.outlier_z[rows], kind="stable")]
 
     @property
     def issue_rows(self) -> np.ndarray:
@@ -75,7 +76,7 @@ class AuditResult:
     def summary(self) -> str:
         return (
             f"{len(self.groups)} near-duplicate groups ({len(self.leaking_groups)} across splits), "
-            f"{len(self.outlier_rows)} outliers, {int(self.flagged.sum())} likely label errors"
+            f"{len(self.outlier_rows)} outlier candidates, {int(self.flagged.sum())} likely label errors"
         )
 
 
@@ -121,7 +122,7 @@ def run_audit(
     if ranking not in labels.RANKINGS:
         raise PipelineError(f"--rank {ranking}: unknown ranking; use one of {', '.join(labels.RANKINGS)}")
     if not 0 < threshold <= 1:
-        raise PipelineError(f"--threshold {threshold}: a cosine similarity in (0, 1], e.g. 0.86")
+        raise PipelineError(f"--threshold {threshold}: a cosine similarity in (0, 1], e.g. 0.80")
     try:
         with FeatureCache(cache_path) as cache:
             class_names, label_ids = cache.class_names, cache.labels
@@ -135,7 +136,7 @@ def run_audit(
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
     estimator = head_estimator(head, dict(params or {}))
-    pairs = duplicates.similar_pairs(unit, threshold)
+    pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold, search_pixels=True)
     near = duplicates.groups(pairs, len(paths))
     fold_groups = duplicates.fold_groups(content_hashes, near)
     probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed, fold_groups)
@@ -157,7 +158,7 @@ def run_audit(
         pairs=pairs,
         groups=near,
         outlier_scores=scores,
-        outlier_z=outliers.robust_z(scores),
+        outlier_z=outliers.class_relative_z(scores, label_ids),
         balance=balance.counts(label_ids, splits, class_names),
         threshold=threshold,
         stored_splits=stored,

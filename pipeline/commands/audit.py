@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         "--rank", default="self_confidence", choices=("self_confidence", "margin"),
         help="order of label errors: p[given] (default) or the normalised margin p[given] - max p[other]",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="cosine similarity of near-duplicates (default 0.86)")
+    parser.add_argument("--threshold", type=float, default=None, help="cosine similarity for near-duplicate candidates, confirmed in pixels (default 0.80)")
     parser.add_argument("--out", default=None, help="folder for the CSVs and the page (default: CACHE with .audit)")
     parser.add_argument("--show", type=int, default=100, help="images per section on the page (default 100)")
     parser.add_argument("--top", type=int, default=10, help="rows printed per section (default 10)")

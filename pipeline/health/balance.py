@@ -21,12 +21,15 @@ def counts(labels: np.ndarray, splits: Sequence[str], class_names: Sequence[str]
 
 
 def warnings(table: dict[str, dict[str, int]]) -> list[str]:
-    """A line per (class, held-out split) with fewer than TOO_FEW images, and one for a strong imbalance."""
+    """One line per held-out split naming every class with fewer than TOO_FEW images there, and one for a strong imbalance."""
     lines = []
-    for name, row in table.items():
-        for split in ("val", "test"):
-            if split in row and row[split] < TOO_FEW:
-                lines.append(f"class {name} has {row[split]} {split} images: too few to measure it")
+    for split in ("val", "test"):
+        few = [f"{name} {row[split]}" for name, row in table.items() if split in row and row[split] < TOO_FEW]
+        if few:
+            what = "class has" if len(few) == 1 else f"{len(few)} of {len(table)} classes have"
+            lines.append(
+                f"{what} fewer than {TOO_FEW} {split} images, too few to measure them: {', '.join(few)}"
+            )
     sizes = [row["all"] for row in table.values()]
     if sizes and min(sizes) and max(sizes) / min(sizes) >= 10:
         lines.append(f"classes range from {min(sizes)} to {max(sizes)} images: consider --class-weight balanced")

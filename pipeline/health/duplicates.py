@@ -1,9 +1,13 @@
-"""Near-duplicate images: pairs whose embeddings have a cosine similarity over a threshold, and their groups.
+"""Near-duplicate images: exact copies by content hash, and re-encoded, resized or cropped copies
+found in feature space and confirmed in pixels; then their groups.
 
-Exact search by blocked matrix products: (block x n) similarities at a time, so memory is
-``BLOCK * n`` floats; 20,000 images take seconds on two cores, which is why no approximate
-index is used. Groups are the connected components of the pairs; a group that spans
-splits is leakage: the same photo scored in test after training on it.
+Three steps. Byte-identical files share a content hash: always a pair, at no cost. Every
+other image's ``CANDIDATES`` nearest neighbours with a cosine of at least the threshold (on
+the pooled, standardised codes) are candidates, and a candidate is a copy when its pixels
+say so (:mod:`pipeline.health.pixels`). Where an image cannot be read now (moved, deleted),
+the old rule decides for its pairs: the pair must beat both images' ordinary neighbours by
+``GAP``. Exact search by blocked matrix products, so memory is ``BLOCK * n`` floats. Groups
+grow from the most similar pair without chaining; a group that spans splits is leakage.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.health.pixels import PIXEL_THRESHOLD, Thumbnails
+
 BLOCK = 1024
-# Calibrated with bench/health.py on photo-like JPEGs (README, "Dataset health"): copies, re-encodings,
-# resized copies and 90% crops score 0.89 to 1.0, the closest distinct photos 0.84.
-DEFAULT_THRESHOLD = 0.86
-# A near-duplicate also stands out from each image's ordinary neighbours: its similarity beats both
-# images' NEIGHBOUR-th most similar image below the threshold by GAP. Planted copies clear it by 0.40
-# or more; look-alike handwritten digits, whose neighbours are all alike, by at most 0.27 (99% under 0.14).
+# Measured with bench/health.py on real photos with VGG16 conv weights from HED: every planted copy
+# (re-encoded, resized, 90% crop) is its source's nearest neighbour at a standardised cosine of
+# 0.87 or more; distinct look-alikes reach 0.997, so the threshold only bounds the candidates.
+DEFAULT_THRESHOLD = 0.8
+CANDIDATES = 5
+PIXEL_CANDIDATE = 0.9  # whole-thumbnail correlation for a candidate found in pixels
+# The fallback where pixels cannot be read: a pair beats both images' NEIGHBOUR-th most similar
+# image below the threshold by GAP (calibrated on photo-like JPEGs and the handwritten digits).
 NEIGHBOUR = 5
 GAP = 0.2
 
@@ -69,6 +77,96 @@ def similar_pairs(
                 key = (min(a, b), max(a, b))
                 pairs[key] = max(pairs.get(key, -1.0), value)
     return [Pair(a, b, s) for (a, b), s in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def exact_pairs(content_hashes: Sequence[str], rows: np.ndarray | None = None, among: np.ndarray | None = None) -> list[Pair]:
+    """Byte-identical images (one content hash): each pair of ``rows`` x ``among`` (default all x all)."""
+    rows_set = None if rows is None else set(np.asarray(rows).tolist())
+    among_set = None if among is None else set(np.asarray(among).tolist())
+    members: dict[str, list[int]] = {}
+    for i, digest in enumerate(content_hashes):
+        members.setdefault(digest, []).append(i)
+    found = set()
+    for group in members.values():
+        for x in range(len(group)):
+            for y in range(x + 1, len(group)):
+                a, b = group[x], group[y]
+                if _allowed(a, b, rows_set, among_set):
+                    found.add((a, b))
+    return [Pair(a, b, 1.0) for a, b in sorted(found)]
+
+
+def _allowed(a: int, b: int, rows: set[int] | None, among: set[int] | None) -> bool:
+    """Whether the pair joins ``rows`` with ``among`` (in either order); everything when neither is given."""
+    if rows is None and among is None:
+        return True
+    rows, among = rows if rows is not None else {a, b}, among if among is not None else {a, b}
+    return (a in rows and b in among) or (b in rows and a in among)
+
+
+def candidate_pairs(
+    unit: np.ndarray, threshold: float, rows: np.ndarray | None = None, among: np.ndarray | None = None, k: int = CANDIDATES
+) -> dict[tuple[int, int], float]:
+    """``(a, b) -> cosine`` for each of ``rows``' ``k`` most similar images among ``among`` with a cosine >= ``threshold``."""
+    rows = np.arange(len(unit)) if rows is None else np.asarray(rows)
+    among = np.arange(len(unit)) if among is None else np.asarray(among)
+    found: dict[tuple[int, int], float] = {}
+    if len(rows) == 0 or len(among) == 0:
+        return found
+    targets = unit[among]
+    for start in range(0, len(rows), BLOCK):
+        block = rows[start : start + BLOCK]
+        similarity = unit[block] @ targets.T
+        similarity[block[:, None] == among[None, :]] = -np.inf
+        kk = min(k, similarity.shape[1])
+        nearest = np.argpartition(-similarity, kk - 1, axis=1)[:, :kk]
+        for i, columns in enumerate(nearest):
+            for j in columns:
+                value = float(similarity[i, j])
+                if value >= threshold:
+                    a, b = int(block[i]), int(among[j])
+                    key = (min(a, b), max(a, b))
+                    found[key] = max(found.get(key, -1.0), value)
+    return found
+
+
+def near_duplicates(
+    unit: np.ndarray,
+    content_hashes: Sequence[str],
+    thumbnails: Thumbnails | None,
+    threshold: float = DEFAULT_THRESHOLD,
+    rows: np.ndarray | None = None,
+    among: np.ndarray | None = None,
+    search_pixels: bool = False,
+) -> list[Pair]:
+    """Copies among ``rows`` x ``among`` (default all x all), most similar first: exact ones, then
+    candidates confirmed in pixels (or, for unreadable images, by the margin rule).
+
+    Candidates are each image's nearest neighbours in feature space and, with ``search_pixels``
+    (the audit), in pixels too: a star field resized to half changes its CNN codes (cosine 0.54)
+    far more than its pixels. That decodes a thumbnail of every image once.
+    """
+    exact = exact_pairs(content_hashes, rows, among)
+    same = {(p.a, p.b) for p in exact}
+    candidates = candidate_pairs(unit, threshold, rows, among)
+    if search_pixels and thumbnails is not None:
+        every = np.arange(len(unit))
+        wholes = thumbnails.wholes(every)
+        for key, _ in candidate_pairs(wholes, PIXEL_CANDIDATE, rows, among).items():
+            candidates.setdefault(key, float(unit[key[0]] @ unit[key[1]]))
+    confirmed, unreadable = [], []
+    for (a, b), value in candidates.items():
+        if (a, b) in same:
+            continue
+        pixel = thumbnails.similarity(a, b) if thumbnails is not None else None
+        if pixel is None:
+            unreadable.append(Pair(a, b, value))
+        elif pixel >= PIXEL_THRESHOLD:
+            confirmed.append(Pair(a, b, value))
+    if unreadable:
+        ordinary = ordinary_similarity(unit, threshold)
+        confirmed += [p for p in unreadable if p.similarity - max(ordinary[p.a], ordinary[p.b]) >= GAP]
+    return sorted([*exact, *confirmed], key=lambda p: (-p.similarity, p.a, p.b))
 
 
 def groups(pairs: Sequence[Pair], n: int) -> list[list[int]]:

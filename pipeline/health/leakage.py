@@ -11,14 +11,18 @@ import numpy as np
 from features_cache.reader import FeatureCache
 from pipeline.health import duplicates
 from pipeline.health.embeddings import pooled, unit_rows
+from pipeline.health.pixels import Thumbnails
 
 # Above this many images the check costs a second read of every feature; `pipeline audit` does it then.
 MAX_IMAGES = 50_000
 
 
-def leaked_rows(unit: np.ndarray, held_out: np.ndarray, train: np.ndarray, threshold: float) -> np.ndarray:
-    """Rows of ``held_out`` with a near-duplicate among ``train``."""
-    pairs = duplicates.similar_pairs(unit, threshold, rows=held_out, among=train)
+def leaked_rows(
+    unit: np.ndarray, content_hashes: list[str], thumbnails: Thumbnails | None, held_out: np.ndarray, train: np.ndarray,
+    threshold: float,
+) -> np.ndarray:
+    """Rows of ``held_out`` with a near-duplicate (the audit's rule) among ``train``."""
+    pairs = duplicates.near_duplicates(unit, content_hashes, thumbnails, threshold, rows=held_out, among=train)
     held = set(held_out.tolist())
     return np.array(sorted({p.a if p.a in held else p.b for p in pairs}), dtype=np.int64)
 
@@ -28,10 +32,12 @@ def leakage_notes(cache: FeatureCache, splits: np.ndarray, threshold: float = du
     if len(cache) > MAX_IMAGES or len(cache) < 2:
         return []
     unit = unit_rows(pooled(cache))
+    hashes = [record.content_hash for record in cache.records()]
+    thumbnails = Thumbnails(cache.data_root, cache.paths)
     train = np.flatnonzero(splits == "train")
     notes = []
     for split in ("val", "test"):
-        rows = leaked_rows(unit, np.flatnonzero(splits == split), train, threshold)
+        rows = leaked_rows(unit, hashes, thumbnails, np.flatnonzero(splits == split), train, threshold)
         if len(rows):
             examples = ", ".join(cache.paths[i] for i in rows[:3])
             notes.append(

@@ -265,11 +265,13 @@ def near_duplicate_twins(cache: FeatureCache, keys: Sequence[str]) -> list[list[
     from pipeline.health import duplicates
     from pipeline.health.embeddings import pooled, unit_rows
     from pipeline.health.leakage import MAX_IMAGES
+    from pipeline.health.pixels import Thumbnails
 
     if len(cache) > MAX_IMAGES or len(cache) < 2:
         return []
     unit = unit_rows(pooled(cache))
-    groups = duplicates.groups(duplicates.similar_pairs(unit, duplicates.DEFAULT_THRESHOLD), len(cache))
+    pairs = duplicates.near_duplicates(unit, list(keys), Thumbnails(cache.data_root, cache.paths))
+    groups = duplicates.groups(pairs, len(cache))
     return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
 
 
