@@ -74,3 +74,15 @@ def test_a_decompression_bomb_skip_quotes_one_limit(tmp_path, max_pixels):
     numbers = {n.replace(",", "") for n in re.findall(r"\d[\d,]{6,}", reason)}
     assert numbers == {"3600000000", str(spec.max_pixels)}, reason
     assert f"limit of {spec.max_pixels:,}" in reason and "raise --max-pixels" in reason
+
+
+def test_audit_of_a_test_only_cache_audits_what_it_can(digits_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("zero", "one"):
+        shutil.copytree(digits_dir / name, data / "test" / name)
+    cache = tmp_path / "test-only.h5"
+    assert main(["extract", str(data), "--cache", str(cache), "--weights", "none", "--image-size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(cache), "--folds", "3"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "near-duplicate groups" in out and (tmp_path / "test-only.audit" / "audit.html").is_file()
