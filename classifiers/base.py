@@ -18,12 +18,12 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import InvalidParameterError, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from classifiers.errors import FeatureShapeError, SettingError
+from classifiers.sk_compat import InvalidParameterError, StrOptions
 
 HEAD_FILE = "head.json"
 HISTORY_FILE = "history.json"
@@ -119,7 +119,8 @@ class Head(ClassifierMixin, BaseEstimator):
         return cls().get_params()
 
     def set_params(self, **params: Any) -> Head:
-        unknown = sorted(set(params) - set(self.param_names()))
+        """scikit-learn's ``set_params`` (nested ``estimator__C`` included), with a one-line error naming this head's settings."""
+        unknown = sorted(name for name in params if name.split("__", 1)[0] not in self.param_names())
         if unknown:
             raise SettingError(
                 f"head {self.name!r} has no setting {', '.join(unknown)}; its settings are {', '.join(self.param_names())}"

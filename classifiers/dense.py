@@ -6,9 +6,9 @@ from numbers import Integral
 from typing import ClassVar
 
 import keras
-from sklearn.utils._param_validation import Interval
 
 from classifiers.keras_head import KerasHead
+from classifiers.sk_compat import Interval
 
 
 class DenseHead(KerasHead):

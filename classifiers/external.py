@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 import joblib
 import numpy as np
-from sklearn.utils._param_validation import HasMethods, StrOptions
 
 from classifiers.base import HEAD_FILE, HISTORY_FILE, POOLINGS, Head, classes_are, pool_maps
 from classifiers.errors import SettingError
+from classifiers.sk_compat import HasMethods, StrOptions
 
 
 class EstimatorHead(Head):

@@ -18,10 +18,10 @@ from typing import ClassVar
 
 import keras
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource
 from classifiers.errors import SettingError
+from classifiers.sk_compat import Interval, StrOptions
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PREDICT_BATCH = 1024

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import joblib
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from classifiers.base import CLASS_WEIGHT_CONSTRAINT, POOLINGS, Head, RowSource, pool_maps
 from classifiers.errors import SettingError
+from classifiers.sk_compat import Interval, StrOptions
 
 READ_ROWS = 1024
 

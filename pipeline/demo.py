@@ -67,17 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     for result in run_train(TrainOptions(cache=args.cache, head="logreg", runs_dir=args.runs_dir)):
         code = cli_main(["report", str(result.folder)]) or code
     code = cli_main(["runs", "--runs-dir", args.runs_dir]) or code
-    print(NEXT_STEPS.format(cache=args.cache), flush=True)
+    print(next_steps(args), flush=True)
     return code
 
 
-NEXT_STEPS = """
+def next_steps(args: argparse.Namespace) -> str:
+    """The commands to type next, for this demo's own cache, data and runs folder, not the defaults."""
+    runs = f" RUNS_DIR={args.runs_dir}" if args.runs_dir != "runs" else ""
+    given = [f"--{flag} {value}" for flag, value, default in (
+        ("data", args.data, "data/digits"), ("cache", args.cache, "cache/digits.h5"), ("runs-dir", args.runs_dir, "runs"),
+        ("image-size", args.image_size, 224),
+    ) if value != default]
+    demo = " ".join(["python -m pipeline.demo", *given, "--per-class all"])
+    return f"""
 next:
-  make train-head HEAD=dense          # the bottleneck-features recipe (Flatten, Dense 256, Dropout) on {cache}
-  make train-head HEAD=logreg SET="C=0.1,1,10"   # three runs from features read once
-  make report                         # what the latest run gets wrong (errors.csv, report.html)
-  make runs                           # every run, best first
-  make demo DEMO_PER_CLASS=all        # all 1,797 digits; only the new ones are extracted"""
+  make train-head CACHE={args.cache}{runs} HEAD=dense   # the bottleneck-features recipe (Flatten, Dense 256, Dropout)
+  make train-head CACHE={args.cache}{runs} HEAD=logreg SET="C=0.1,1,10"   # three runs from features read once
+  make report{runs}   # what the latest run gets wrong (errors.csv, report.html)
+  make runs{runs}   # every run, best first
+  {demo}   # all 1,797 digits; only the new ones are extracted"""
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers import HEADS
+from classifiers import HEADS, EstimatorHead, SettingError
 from features_cache.reader import FeatureCache
 from pipeline.training.train import class_labels
 
@@ -29,7 +30,9 @@ CHECK_SETTINGS = {
 }
 
 
-@parametrize_with_checks([HEADS[name](**CHECK_SETTINGS[name]) for name in sorted(HEADS)])
+@parametrize_with_checks(
+    [HEADS[name](**CHECK_SETTINGS[name]) for name in sorted(HEADS)] + [EstimatorHead(estimator=LogisticRegression())]
+)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -73,3 +76,29 @@ def test_calibration_and_pipeline(name, features):
     pooled = make_pipeline(FunctionTransformer(lambda maps: maps.mean(axis=(1, 2))), HEADS[name](**FAST[name]))
     pooled.fit(X, y)
     assert pooled.score(X, y) > 0.6
+
+
+def test_estimator_head_takes_nested_settings_like_any_meta_estimator(features):
+    X, y = features
+    head = EstimatorHead(estimator=LogisticRegression(max_iter=200)).set_params(estimator__C=0.5)
+    assert head.estimator.C == 0.5 and head.get_params()["estimator__C"] == 0.5
+    search = GridSearchCV(EstimatorHead(estimator=LogisticRegression(max_iter=200)), {"estimator__C": [0.1, 1.0]}, cv=2)
+    search.fit(X, y)
+    assert set(search.best_params_) == {"estimator__C"}
+    with pytest.raises(SettingError, match="head 'sklearn' has no setting units; its settings are estimator, pooling"):
+        head.set_params(units=3)
+
+
+def test_the_private_validation_the_heads_use_is_there_and_behaves():
+    """What classifiers/sk_compat.py takes from sklearn.utils._param_validation, on the installed version."""
+    from numbers import Integral
+
+    from classifiers import sk_compat
+    from classifiers.dense import DenseHead
+
+    assert issubclass(sk_compat.InvalidParameterError, ValueError)
+    assert sk_compat.StrOptions({"avg"}).is_satisfied_by("avg") and not sk_compat.StrOptions({"avg"}).is_satisfied_by("x")
+    assert sk_compat.Interval(Integral, 1, None, closed="left").is_satisfied_by(3)
+    assert sk_compat.HasMethods(["fit"]).is_satisfied_by(LogisticRegression())
+    with pytest.raises(SettingError, match=r"The 'units' parameter of DenseHead must be an int in the range \[1, inf\)\. Got 0"):
+        DenseHead(units=0).check_params()

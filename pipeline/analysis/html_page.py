@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from features_cache import atomic
+from pipeline.extraction.images import ImageReadError, ResizeSpec, decoded
 
 THUMBNAIL_SIZE = 128
+THUMBNAIL_MAX_PIXELS = 1 << 40
 CELL = 34
 
 STYLE = """
@@ -59,21 +61,32 @@ class ClassMetrics:
 
 
 def thumbnail_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
-    """A ``data:`` URI of a small JPEG of the image, or None if it cannot be read."""
+    """A ``data:`` URI of a small JPEG of the image, or None if it cannot be read.
+
+    Decoded by stage one's own code (orientation, colour modes, 16-bit, CMYK, transparency on
+    its background), so every image that has features has a thumbnail showing what they saw.
+    The pixel limit is not applied again: an image with a row already passed extract's.
+    """
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((size, size))
-            if image.width < size // 2 or image.height < size // 2:
-                scale = size / max(image.width, image.height)
-                image = image.resize(
-                    (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.NEAREST
-                )
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=85)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        data = Path(path).read_bytes()
+        spec = ResizeSpec(size, "crop", max_pixels=THUMBNAIL_MAX_PIXELS)
+        jpeg = decoded(data, spec, lambda image: _thumbnail_jpeg(image, size))
+    except (OSError, ImageReadError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _thumbnail_jpeg(image: Image.Image, size: int) -> bytes:
+    """At most ``size`` on its longer side; small images (digits) scaled up with whole pixels."""
+    image = image.copy()
+    image.thumbnail((size, size))
+    if image.width < size // 2 or image.height < size // 2:
+        scale = size / max(image.width, image.height)
+        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(new_size, Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def card_html(card: Card) -> str:

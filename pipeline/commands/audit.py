@@ -79,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_audit(result, top: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from pipeline.analysis.audit import summary_lines
+    from pipeline.commands.output import make_console
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     names = result.class_names
     if result.pairs:
         table = Table(show_edge=False, title="most similar near-duplicates")

@@ -43,14 +43,21 @@ def run(args: argparse.Namespace) -> int:
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)
     result = run_predict(model, args.images, args.out, args.batch_size, args.workers, include_seen=args.include_seen)
     print_predictions(result, args.top)
+    if not result.paths:
+        first = result.skipped[0]
+        raise PipelineError(
+            f"none of the {len(result.skipped)} files could be read (first: {first.path}: {first.reason}); "
+            "check the files and run again"
+        )
     return 0
 
 
 def print_predictions(result, top: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    from pipeline.commands.output import make_console
+
+    console = make_console()
     table = Table(show_edge=False)
     for column in ("path", "predicted", "confidence"):
         table.add_column(column)

@@ -36,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from pipeline.analysis.report import summary_line
+    from pipeline.commands.output import make_console
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     table = Table(show_edge=False, title=f"misclassified {report.split} images, most confident first")
     for column in ("path", "true", "predicted", "confidence", "runner-up"):
         table.add_column(column, justify="right" if column == "confidence" else "left")

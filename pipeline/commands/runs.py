@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+from pipeline.commands.output import make_console
 
 
 def register(subparsers) -> None:
@@ -22,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     entries = read_index(args.runs_dir)
     if not entries:
-        console.print(f"no runs in {args.runs_dir}/ yet; train one with `python -m pipeline train CACHE.h5 --head dense`")
+        make_console().print(f"no runs in {args.runs_dir}/ yet; train one with `python -m pipeline train CACHE.h5 --head dense`")
         return 0
     print_runs(ranked(entries), title=f"{len(entries)} runs in {args.runs_dir}/, best validation accuracy first")
     return 0
@@ -46,6 +45,12 @@ def print_runs(entries: list[dict], title: str | None = None, header: bool = Tru
             e["name"], e["head"], settings_text(e),
             f"{e['val']['accuracy']:.3f}", f"{e['val']['macro_f1']:.3f}",
             *(f"{test[key]:.3f}" if key in test else "-" for key in ("accuracy", "macro_f1", "log_loss")),
-            f"{e['fit_seconds']:.1f}", e["cache_identity"],
+            f"{e['fit_seconds']:.1f}", cache_text(e),
         )
-    console.print(table)
+    make_console().print(table)
+
+
+def cache_text(entry: dict) -> str:
+    """The cache's file name: the settings fingerprint is the same for every cache made one way."""
+    path = entry.get("cache_path")
+    return Path(str(path)).name if path else entry.get("cache_identity", "-")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import collections
 
-from rich.console import Console
 from rich.table import Table
 
 from features_cache.reader import FeatureCache
+from pipeline.commands.output import make_console
 from pipeline.extraction.extract import ExtractReport
 
-console = Console(highlight=False, soft_wrap=True)
+console = make_console()
 
 
 def print_extract_report(report: ExtractReport) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import PIL
@@ -37,6 +39,7 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 # a mode conversion and a composite or resize); what a decode reserves from the budget.
 WORKING_COPIES = 3
 _PILLOW_LIMIT = threading.Lock()
+T = TypeVar("T")
 
 
 class DecodeBudget:
@@ -128,6 +131,14 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
 
     The pixels are decoded only once ``budget`` (if any) has room for their working memory.
     """
+    return decoded(data, spec, lambda image: _resize(image, spec), budget)
+
+
+def decoded(
+    data: bytes, spec: ResizeSpec, finish: Callable[[Image.Image], T], budget: DecodeBudget | None = None
+) -> T:
+    """``finish`` applied to the file's upright RGB image, decoded as features are (draft scale for
+    ``spec``, EXIF orientation, modes, 16-bit, CMYK, transparency): what pages' thumbnails share."""
     if not data:
         raise ImageReadError("empty file")
     allow_pixels(spec.max_pixels)
@@ -138,27 +149,29 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > spec.max_pixels:
-                raise ImageReadError(
-                    f"{width}x{height} pixels is over the decompression-bomb limit of {spec.max_pixels:,}; "
-                    "raise --max-pixels if the image is genuine"
-                )
+                raise ImageReadError(bomb_reason(f"{width}x{height} pixels", spec.max_pixels))
             reduce_jpeg(image, spec.size, spec.resize)
             with budget.reserve(decoded_bytes(image)) if budget else contextlib.nullcontext():
                 image.load()
                 image = apply_exif_orientation(image)
-                return _resize(to_rgb(image), spec)
+                return finish(to_rgb(image))
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError("not an image (no known image format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(
-            f"decompression bomb: {error} (limit {spec.max_pixels:,}); raise --max-pixels if the image is genuine"
-        ) from None
+        # Pillow's own limit (its 2x hard limit, or one lowered elsewhere) speaks first: name one limit, ours
+        size = re.search(r"\((\d+) pixels\)", str(error))
+        raise ImageReadError(bomb_reason(f"{int(size.group(1)):,} pixels" if size else "the image", spec.max_pixels)) from None
     except MemoryError:
         raise ImageReadError("out of memory while decoding; lower --max-pixels or use fewer --workers", transient=True) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(f"corrupt or truncated image ({error})") from None
+
+
+def bomb_reason(size: str, max_pixels: int) -> str:
+    """The one skip line of an image over the pixel limit, whoever noticed it first."""
+    return f"{size} is over the decompression-bomb limit of {max_pixels:,}; raise --max-pixels if the image is genuine"
 
 
 def reduce_jpeg(image: Image.Image, size: int, resize: str) -> None:

@@ -66,6 +66,11 @@ def check_options(options: ExtractOptions) -> None:
         raise PipelineError("--decoder gpu runs with the local engine; on Ray, workers decode on their CPUs")
     if options.engine not in ENGINES:
         raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
+    if options.engine == "local" and options.gpus_per_worker:
+        raise PipelineError(
+            f"--gpus-per-worker {options.gpus_per_worker:g} applies to --engine ray only; the local engine runs on the "
+            "devices Keras sees (choose them with CUDA_VISIBLE_DEVICES), so drop the flag or add --engine ray"
+        )
     cache = Path(options.cache)
     if cache.is_dir() and (not options.force or any(cache.iterdir())):
         raise PipelineError(f"--cache {cache}: is a folder, not a cache file; pass a file path, e.g. {cache / 'features.h5'}")

@@ -116,6 +116,7 @@ def plan_splits(
     remembered: dict[str, str] | None = None,
     keys: Sequence[str] | None = None,
     twins: Sequence[Sequence[str]] = (),
+    require_train: bool = True,
 ) -> tuple[SplitPlan, dict[str, str]]:
     """Each row's split, and the decisions to remember (every split not stored in the cache).
 
@@ -143,7 +144,7 @@ def plan_splits(
         )
     if present:
         notes.insert(0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present))
-    if present and "train" not in present and not len(unsplit):
+    if require_train and present and "train" not in present and not len(unsplit):
         raise PipelineError("the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV")
     if present and "val" not in present:
         carve = np.flatnonzero(stored == "train")
@@ -276,15 +277,22 @@ def near_duplicate_twins(cache: FeatureCache, keys: Sequence[str]) -> list[list[
 
 
 def plan_cache_splits(
-    cache: FeatureCache, fractions: Sequence[float] = DEFAULT_FRACTIONS, check_leakage: bool = False, remember: bool = True
+    cache: FeatureCache,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    check_leakage: bool = False,
+    remember: bool = True,
+    for_training: bool | None = None,
 ) -> SplitPlan:
     """Every row's split (see this module's rules), checked for training; ``remember`` writes new
     decisions beside the cache (``train`` does; ``audit`` and ``load_split`` only read).
 
     Training needs images of every class and a val split; a missing test split is allowed.
     ``check_leakage`` adds a warning note per held-out split with near-duplicates in train
-    (it reads every feature once more).
+    (it reads every feature once more). ``for_training`` (default: ``remember``, as ``train`` does)
+    makes a split with no train or val images an error; readers (``audit``, ``load_split``) get the
+    splits as they are, e.g. a cache whose images are all in a stored test split.
     """
+    for_training = remember if for_training is None else for_training
     if len(cache.class_names) < 2:
         raise PipelineError(
             f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
@@ -296,7 +304,9 @@ def plan_cache_splits(
     remembered = read_memory(memory, fractions, key_of_path)
     undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
     twins = near_duplicate_twins(cache, keys) if undecided else []  # only new images are placed by their twins
-    plan, decisions = plan_splits(cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins)
+    plan, decisions = plan_splits(
+        cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins, require_train=for_training
+    )
     others = [item["fractions"] for item in _assignments(memory, key_of_path) if not _same_fractions(item["fractions"], fractions)]
     if not remembered and others and decisions:
         shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
@@ -311,6 +321,8 @@ def plan_cache_splits(
         from pipeline.health.leakage import leakage_notes
 
         plan.notes.extend(leakage_notes(cache, plan.splits))
+    if not for_training:
+        return plan
     for split in ("train", "val"):
         if len(plan.rows(split)) == 0:
             raise PipelineError(
