@@ -48,8 +48,8 @@ def _add(cache: Path, rows: list[Row], table: list, rng: np.random.Generator, n:
         count = min(BATCH, n - start)
         records = [FileRecord(f"c/img_{first + start + i:07d}.jpg", "0" * 32, FileStamp(0, 0)) for i in range(count)]
         shard = new_shard_path(cache)
-        write_shard(shard, RECIPE, _features(rng, count), records, [])
-        table.append((os.path.relpath(shard.resolve(), folder), count, shard.stat().st_size, file_digest(shard)))
+        shard_id = write_shard(shard, RECIPE, _features(rng, count), records, [])
+        table.append((os.path.relpath(shard.resolve(), folder), count, shard.stat().st_size, file_digest(shard), shard_id))
         rows += [Row(r, 0, "", FeatureSource(str(shard), i)) for i, r in enumerate(records)]
     write_index(cache, recipe=RECIPE, feature_shape=SHAPE, class_names=["c"], rows=rows, skipped=[], attrs={}, shards=table)
 

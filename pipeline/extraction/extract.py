@@ -177,7 +177,7 @@ def _extract(backbone, planned: planning.Plan, spec: ResizeSpec, options: Extrac
         return extract_on_ray(backbone, planned.todo, spec, options, recipe)
     from pipeline.extraction.local_engine import extract_locally
 
-    return extract_locally(backbone, planned.todo, spec, options, recipe)
+    return extract_locally(backbone, planned.todo, spec, options, recipe, index_rows=len(planned.ready) + len(planned.todo))
 
 
 def _skipped_in_order(dataset: Dataset, planned: planning.Plan) -> list[SkippedFile]:

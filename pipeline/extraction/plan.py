@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from features_cache import schema
-from features_cache.errors import CacheError
+from features_cache.errors import CacheError, MissingShards
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, file_content_hash
 from features_cache.shards import Shard, open_shard
@@ -74,6 +74,8 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
         return None
     try:
         old = FeatureCache(path)
+    except MissingShards as error:
+        raise PipelineError(str(error)) from None
     except CacheError as error:
         if any(schema.shards_dir(path).glob("shard-*.h5")):
             print(f"{error}; rebuilding the index from the shards that verify", file=sys.stderr)
