@@ -27,6 +27,7 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None) -> Pat
     path = Path(path)
     with exclusive_writer(path):
         remove_temporaries(path.parent, f".{path.name}.tmp-")
+        remove_temporaries(schema.shards_dir(path))
         with FeatureCache(path) as cache:
             attrs = {k: v for k, v in cache.attrs.items() if k not in _REWRITTEN and not k.startswith("recipe.")}
             labels, splits = cache.labels, cache.splits

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,12 +129,26 @@ def remove_temporaries(folder: Path, prefix: str = ".") -> None:
             path.unlink(missing_ok=True)
 
 
+def shard_files(cache_path: str | Path) -> list[Path]:
+    """The files in the shards folder named like shards (a folder of that name is no shard: see :func:`strays`)."""
+    folder = schema.shards_dir(cache_path)
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.glob("shard-*.h5") if path.is_symlink() or path.is_file()]
+
+
+def strays(cache_path: str | Path) -> list[Path]:
+    """Entries of the shards folder that are neither shard files nor temporary files: listed, never touched."""
+    folder = schema.shards_dir(cache_path)
+    if not folder.is_dir():
+        return []
+    files = set(shard_files(cache_path))
+    return sorted(p for p in folder.iterdir() if p not in files and not (_TEMP.match(p.name) and p.is_file()))
+
+
 def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
     """Delete shards the committed index no longer lists; run only after the index is durable."""
-    for path in schema.shards_dir(cache_path).glob("shard-*.h5"):
+    for path in shard_files(cache_path):
         if path.resolve() not in live:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             checkpoint("collecting")

@@ -217,3 +217,72 @@ def test_the_free_figure_of_a_full_disk_is_what_the_whole_job_needs(digits_dir, 
     assert done.returncode == 0, done.stderr[-2000:]
     with FeatureCache(cache) as finished:
         assert len(finished) == 400
+
+
+def _main(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+def _manifests(data: Path, folder: Path) -> tuple[Path, Path, Path]:
+    """A copy of ``data`` with two CSV manifests in its root: as the folders say, and with
+    a/img_000.jpg relabelled b and b/img_008.jpg left out (a review's manifest)."""
+    source = folder / "photos"
+    shutil.copytree(data, source)
+    rows = sorted(str(p.relative_to(source)) for p in source.rglob("*.jpg"))
+    as_is, reviewed = source / "as-is.csv", source / "review.csv"
+    as_is.write_text("path,label\n" + "".join(f"{p},{p.split('/')[0]}\n" for p in rows))
+    reviewed.write_text("path,label\n" + "".join(
+        f"{p},{'b' if p == 'a/img_000.jpg' else p.split('/')[0]}\n" for p in rows if p != "b/img_008.jpg"))
+    return source, as_is, reviewed
+
+
+def test_a_killed_commits_temporary_index_is_removed_by_a_run_with_nothing_to_do(data, weights_file, tmp_path, capsys):
+    _, as_is, reviewed = _manifests(data, tmp_path)
+    cache = tmp_path / "features.h5"
+    run_extract(options(as_is, cache, weights_file))
+    env = {**os.environ, "PIPELINE_KILL_AT": "index-before-rename"}
+    killed = subprocess.run([sys.executable, "-m", "pipeline", *args(reviewed, cache, weights_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    code, out, _ = _main(args(as_is, cache, weights_file), capsys)  # as the index says: nothing to do
+    assert code == 0 and "unchanged" in out
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_orphans_made_with_other_settings_are_reported_once_and_deleted(cache, data, weights_file, tmp_path, capsys):
+    other = tmp_path / "other" / "features.h5"
+    other.parent.mkdir()
+    run_extract(options(data, other, weights_file, image_size=64))
+    with FeatureCache(other) as made_otherwise:
+        orphan = Path(shutil.copy(made_otherwise.shard_files[0], schema.shards_dir(cache)))
+    code, err = extract(data, cache, weights_file, capsys)
+    assert code == 0 and str(orphan) in err and "other settings" in err and "deleted" in err
+    assert not orphan.exists()
+    code, err = extract(data, cache, weights_file, capsys)
+    assert code == 0 and str(orphan) not in err
+
+
+def test_orphans_are_kept_with_keep_orphans(cache, data, weights_file, tmp_path, capsys):
+    other = tmp_path / "other" / "features.h5"
+    other.parent.mkdir()
+    run_extract(options(data, other, weights_file, image_size=64))
+    with FeatureCache(other) as made_otherwise:
+        orphan = Path(shutil.copy(made_otherwise.shard_files[0], schema.shards_dir(cache)))
+    capsys.readouterr()
+    assert main([*args(data, cache, weights_file), "--keep-orphans"]) == 0
+    assert orphan.exists() and "kept (--keep-orphans)" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_a_shard_is_listed_not_treated_as_a_shard(cache, data, weights_file, capsys):
+    stray = schema.shards_dir(cache) / "shard-0123.h5"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("someone's files")
+    code, out, err = _main(args(data, cache, weights_file), capsys)
+    assert code == 0 and "unchanged" in out and "extracted again" not in err
+    assert [line for line in err.splitlines() if str(stray) in line] == [f"{stray}: a folder in the shards folder, not part of the cache; left alone, remove it"]
+    assert (stray / "notes.txt").exists()

@@ -20,7 +20,7 @@ from features_cache.faults import checkpoint
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
-from features_cache.shards import Shard, collect_garbage, remove_temporaries
+from features_cache.shards import Shard, collect_garbage, remove_temporaries, shard_files
 from pipeline.errors import PipelineError
 from pipeline.extraction import plan as planning
 from pipeline.extraction.commit import commit, index_rows, unchanged
@@ -72,6 +72,10 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
     request = request_fingerprint(options)
     try:
         with exclusive_writer(options.cache):
+            cache_path = Path(options.cache)  # under the lock every temporary file's writer is dead
+            remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
+            remove_temporaries(schema.shards_dir(cache_path))
+            planning.list_strays(cache_path)
             report = _nothing_to_do(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
             return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
@@ -93,7 +97,7 @@ def _nothing_to_do(
         if cache.attrs.get("request") != request:
             return None
         live = {file.resolve() for file in cache.shard_files}
-        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in schema.shards_dir(path).glob("*")):
+        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in shard_files(path)):
             return None
         planned = planning.plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = index_rows(dataset, planned.ready)
@@ -128,12 +132,11 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         storage_dtype=options.storage_dtype,
         decoder=pixel_decoder(options, spec),
     )
-    remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
-    remove_temporaries(schema.shards_dir(cache_path))
     old = planning.open_existing(options, recipe)
     live: set[Path] = set()
     try:
-        adopted = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force)
+        adopted = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force,
+                                   options.keep_orphans)
         planned = planning.plan(dataset, old, adopted, skip_conditions(spec))
         checkpoint("planned")
         if old is not None:

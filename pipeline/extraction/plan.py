@@ -29,7 +29,7 @@ from features_cache import schema
 from features_cache.errors import CacheError, MissingShards
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, file_content_hash
-from features_cache.shards import Shard, open_shard
+from features_cache.shards import Shard, open_shard, shard_files, strays
 from features_cache.writer import FeatureSource
 from pipeline.errors import PipelineError
 from pipeline.extraction.loader import LoadTask
@@ -90,17 +90,29 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
     return old
 
 
-def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool) -> list[Shard]:
-    """Shards no index lists (left by an interrupted run): verified and adopted, or deleted."""
+def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool, keep: bool = False) -> list[Shard]:
+    """Shards no index lists (left by an interrupted run): verified and adopted, or reported and
+    deleted (kept with ``keep``, i.e. ``--keep-orphans``). No index refers to them, so readers lose nothing."""
     adopted = []
-    for path in sorted(schema.shards_dir(cache_path).glob("shard-*.h5"), key=lambda p: p.stat().st_mtime_ns):
+    for path in sorted(shard_files(cache_path), key=lambda p: p.lstat().st_mtime_ns):
         if path.resolve() in live or force:
             continue
         try:
             adopted.append(open_shard(path, recipe, read_features=True))
         except ValueError as error:
-            print(f"{path}: {error}; its images will be extracted again", file=sys.stderr)
+            if keep:
+                print(f"{path}: not adopted ({error}); kept (--keep-orphans)", file=sys.stderr)
+            else:
+                path.unlink(missing_ok=True)
+                print(f"{path}: not adopted ({error}); deleted, any of its images still in the data are extracted again", file=sys.stderr)
     return adopted
+
+
+def list_strays(cache_path: Path) -> None:
+    """Name, once per run, what sits in the shards folder but is no shard (a folder, another file)."""
+    for path in strays(cache_path):
+        kind = "a folder" if path.is_dir() and not path.is_symlink() else "not a shard file"
+        print(f"{path}: {kind} in the shards folder, not part of the cache; left alone, remove it", file=sys.stderr)
 
 
 RACY_NS = 2 * 10**9  # the coarsest common mtime granule (FAT: 2 s); finer ones only hash a few files more
