@@ -4,6 +4,8 @@ leftovers end cleanly. Each test is a way a real cache was once read wrong or le
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -286,3 +288,26 @@ def test_a_folder_named_like_a_shard_is_listed_not_treated_as_a_shard(cache, dat
     assert code == 0 and "unchanged" in out and "extracted again" not in err
     assert [line for line in err.splitlines() if str(stray) in line] == [f"{stray}: a folder in the shards folder, not part of the cache; left alone, remove it"]
     assert (stray / "notes.txt").exists()
+
+
+def test_a_relabel_and_exclusion_only_run_writes_the_index_without_keras(data, weights_file, tmp_path):
+    source, as_is, reviewed = _manifests(data, tmp_path)
+    cache = tmp_path / "features.h5"
+    run_extract(options(as_is, cache, weights_file))
+    before = snapshot(cache)
+    settings = dataclasses.asdict(options(reviewed, cache, weights_file))
+    script = (
+        "import json, sys; from pipeline.extraction.extract import ExtractOptions, run_extract; "
+        "r = run_extract(ExtractOptions(**json.loads(sys.argv[1]))); "
+        "print(r.written, r.extracted, r.removed, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(settings)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "0", "1", "False", "False"]
+    after = snapshot(cache)
+    assert "b/img_008.jpg" not in after["paths"] and len(after["paths"]) == 17
+    where = after["paths"].index("a/img_000.jpg")
+    assert after["classes"][after["labels"][where]] == "b"
+    kept = [before["paths"].index(p) for p in after["paths"]]
+    np.testing.assert_array_equal(after["features"], before["features"][kept])
+    assert main(["verify", str(cache)]) == 0

@@ -55,8 +55,12 @@ def commit(
     old: FeatureCache | None,
     known: list[Shard],
     attrs: dict,
+    versions: dict | None = None,
 ) -> set[Path]:
-    """Write the new index atomically; returns the shard files it lists (for garbage collection)."""
+    """Write the new index atomically; returns the shard files it lists (for garbage collection).
+
+    ``versions`` are the libraries the features were made with: this process's by default, the
+    old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
     rows = _into_shards(cache_path, recipe, rows, feature_shape)
     table = _shard_table(cache_path, rows, old, known)
     attrs = {
@@ -64,7 +68,7 @@ def commit(
         "source_kind": dataset.kind,
         "created_at": old.attrs.get("created_at", _now()) if old else _now(),
         **attrs,
-        **library_versions(),
+        **(library_versions() if versions is None else versions),
     }
     try:
         write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,

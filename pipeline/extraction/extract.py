@@ -1,7 +1,8 @@
 """Stage one: images to a feature cache, incrementally, resumably, and never silently wrong.
 
 A run reads top to bottom: (1) check the options and find the images; (2) if the request
-and every file are as the cache recorded them, stop without building the model; else
+is the one the cache's recipe was checked for and no image needs extracting, write at most a
+new index (a relabel, an exclusion) without building the model; else
 (3) build the backbone and its recipe, (4) plan per image what is already cached
 (:mod:`~pipeline.extraction.plan`), (5) extract the rest into new immutable shards on the
 local or the Ray engine, (6) replace the small index atomically and delete shards no row
@@ -76,16 +77,19 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
             remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
             remove_temporaries(schema.shards_dir(cache_path))
             planning.list_strays(cache_path)
-            report = _nothing_to_do(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
+            report = _without_model(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
             return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
         raise PipelineError(str(error)) from None
 
 
-def _nothing_to_do(
+def _without_model(
     options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float
 ) -> ExtractReport | None:
-    """The report of a no-op run, if this request and every file are as the cache recorded them."""
+    """The run, if it needs no model: nothing to extract, no orphan to check, and the request the
+    one whose recipe the run that wrote the cache checked against the built model (same options,
+    weights bytes, host, libraries). Then only the index changes (a relabel, an exclusion) or
+    nothing does; anything else returns None for the full path, which checks the real recipe."""
     path = Path(options.cache)
     if options.force or not path.exists():
         return None
@@ -102,9 +106,17 @@ def _nothing_to_do(
         planned = planning.plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = index_rows(dataset, planned.ready)
         skipped = _skipped_in_order(dataset, planned)
-        if planned.todo or not rows or not unchanged(cache, dataset, class_names, rows, skipped):
+        if planned.todo or not rows:
             return None
-    return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=False)
+        if unchanged(cache, dataset, class_names, rows, skipped):
+            return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=False)
+        planning.check_drop(options, dataset, cache, planned)
+        live = commit(path, cache.recipe, cache.feature_shape, dataset, class_names, rows, skipped, cache, [],
+                      {"request": request, "tf32": str(cache.attrs.get("tf32", ""))},
+                      {k: v for k, v in cache.attrs.items() if k.startswith("version.") or k == "keras_backend"})
+    checkpoint("committed")
+    collect_garbage(path, live)
+    return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=True)
 
 
 def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float) -> ExtractReport:
