@@ -29,9 +29,9 @@ def damage(path: str | os.PathLike) -> list[tuple[Path, str]]:
             return _unreadable(cache.path)
         problems = []
         for shard, digest in zip(cache.shard_files, cache.shard_digests):
-            found = _unreadable(shard)  # the more telling reason first: which rows, or what HDF5 says
-            if not found and file_digest(shard) != digest:
-                found = [(shard, "contents changed since it was written (digest mismatch)")]
+            found = _unreadable(shard)
+            if file_digest(shard) != digest:  # and which rows, or what HDF5 says, where a read tells
+                found = [(shard, "; ".join(["contents changed since it was written (digest mismatch)", *(why for _, why in found)]))]
             problems.extend(found)
         return problems
 

@@ -147,7 +147,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     old = planning.open_existing(options, recipe)
     live: set[Path] = set()
     try:
-        adopted = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force,
+        adopted, rejected = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force,
                                    options.keep_orphans)
         planned = planning.plan(dataset, old, adopted, skip_conditions(spec))
         checkpoint("planned")
@@ -176,8 +176,12 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         if old is not None:
             old.close()
     checkpoint("committed")
+    kept = set(rejected) if options.keep_orphans else set()
     if written:
-        collect_garbage(cache_path, live)
+        collect_garbage(cache_path, live | {path.resolve() for path in kept})
+    else:
+        for path in set(rejected) - kept:
+            path.unlink(missing_ok=True)
     report = _report(cache_path, planned, class_names, skipped, len(rows), started, extract_seconds, written)
     return dataclasses.replace(report, notes=tuple(notes), model_seconds=model_seconds)
 

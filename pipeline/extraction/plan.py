@@ -90,22 +90,21 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
     return old
 
 
-def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool, keep: bool = False) -> list[Shard]:
+def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool, keep: bool = False) -> tuple[list[Shard], list[Path]]:
     """Shards no index lists (left by an interrupted run): verified and adopted, or reported and
-    deleted (kept with ``keep``, i.e. ``--keep-orphans``). No index refers to them, so readers lose nothing."""
-    adopted = []
+    returned as rejected, for the caller to delete with the garbage (kept with ``keep``, i.e.
+    ``--keep-orphans``). No index refers to them, so readers lose nothing."""
+    adopted, rejected = [], []
     for path in sorted(shard_files(cache_path), key=lambda p: p.lstat().st_mtime_ns):
         if path.resolve() in live or force:
             continue
         try:
             adopted.append(open_shard(path, recipe, read_features=True))
         except ValueError as error:
-            if keep:
-                print(f"{path}: not adopted ({error}); kept (--keep-orphans)", file=sys.stderr)
-            else:
-                path.unlink(missing_ok=True)
-                print(f"{path}: not adopted ({error}); deleted, any of its images still in the data are extracted again", file=sys.stderr)
-    return adopted
+            rejected.append(path)
+            fate = "kept (--keep-orphans)" if keep else "deleted, any of its images still in the data are extracted again"
+            print(f"{path}: not adopted ({error}); {fate}", file=sys.stderr)
+    return adopted, rejected
 
 
 def list_strays(cache_path: Path) -> None:
