@@ -2,7 +2,8 @@
 
 Builds a sharded cache of ``n`` rows (shards of 32 rows, as ``extract`` writes them), adds
 1% and 2% new rows the way ``extract`` commits them (new shards, then a new index), and
-counts the bytes of files created or changed; then reads all features from it and from
+counts the bytes of files created or changed; then reads all features from it (with and
+without the per-row checksums, and the open that checks every shard's id) and from
 the same rows in one standalone file, and writes shards with gzip+shuffle to compare.
 """
 
@@ -48,8 +49,8 @@ def _add(cache: Path, rows: list[Row], table: list, rng: np.random.Generator, n:
         count = min(BATCH, n - start)
         records = [FileRecord(f"c/img_{first + start + i:07d}.jpg", "0" * 32, FileStamp(0, 0)) for i in range(count)]
         shard = new_shard_path(cache)
-        write_shard(shard, RECIPE, _features(rng, count), records, [])
-        table.append((os.path.relpath(shard.resolve(), folder), count, shard.stat().st_size, file_digest(shard)))
+        shard_id = write_shard(shard, RECIPE, _features(rng, count), records, [])
+        table.append((os.path.relpath(shard.resolve(), folder), count, shard.stat().st_size, file_digest(shard), shard_id))
         rows += [Row(r, 0, "", FeatureSource(str(shard), i)) for i, r in enumerate(records)]
     write_index(cache, recipe=RECIPE, feature_shape=SHAPE, class_names=["c"], rows=rows, skipped=[], attrs={}, shards=table)
 
@@ -72,14 +73,29 @@ def _grow(cache: Path, rows: list[Row], table: list, rng: np.random.Generator, n
             "written_fraction": round(written / total, 4)}
 
 
-def _read_seconds(path: Path, repeats: int = 3) -> float:
-    """Best of ``repeats`` full reads: the first pays for page faults and a cold page cache."""
+def _read_seconds(path: Path, repeats: int = 3, checked: bool = True) -> float:
+    """Best of ``repeats`` full reads: the first pays for page faults and a cold page cache.
+
+    ``checked=False`` skips the per-row checksums (fletcher32 still runs): the read as it was
+    before rows carried checksums, to measure what the check costs."""
     best = float("inf")
     with FeatureCache(path) as cache:
+        if not checked:
+            cache._checksums = [None] * len(cache._checksums)
         for _ in range(repeats):
             started = time.perf_counter()
             cache.features()
             best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
+def _open_seconds(path: Path, repeats: int = 3) -> float:
+    """Best of ``repeats`` opens: the index, and every shard opened and its id checked."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        FeatureCache(path).close()
+        best = min(best, time.perf_counter() - started)
     return round(best, 3)
 
 
@@ -120,7 +136,8 @@ def measure(folder: Path, n: int) -> dict:
         "grow_1pct": _grow(cache, rows, table, rng, n // 100),
         "grow_2pct": _grow(cache, rows, table, rng, n // 50),
     }
-    reads = {"sharded": _read_seconds(cache), "single_file": _read_seconds(single)}
+    reads = {"sharded": _read_seconds(cache), "sharded_without_row_checksums": _read_seconds(cache, checked=False),
+             "open_sharded": _open_seconds(cache), "single_file": _read_seconds(single)}
     compact(cache)
     reads["sharded_after_compact"] = _read_seconds(cache)
     results["read_all_seconds"] = reads

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from features_cache import schema
-from features_cache.errors import CacheError
+from features_cache import integrity, schema
+from features_cache.errors import CacheError, MissingShards
 from features_cache.records import UNKNOWN, FileRecord, FileStamp, SkippedFile
 
 
@@ -18,12 +19,16 @@ class FeatureCache:
     """A finished feature cache, opened read-only.
 
     Opening refuses files that are missing, not HDF5, of another schema version,
-    not marked complete, or that an interrupted ``extract`` run is still filling.
+    not marked complete, or that an interrupted ``extract`` run is still filling. It opens
+    every shard the index lists and checks its size and id, so the reader keeps its snapshot:
+    a ``compact`` or ``extract`` that deletes those shards later cannot take them away (POSIX
+    keeps an unlinked file readable while it is open). Every read checks each row's checksum.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._open_shards: dict[int, h5py.File] = {}
+        self._shards: list[h5py.File] = []
+        self._checksums: list[np.ndarray | None] = []
         if not self.path.exists():
             raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
         try:
@@ -33,10 +38,10 @@ class FeatureCache:
         try:
             self._open()
         except (KeyError, OSError, ValueError, TypeError, RuntimeError):
-            self._file.close()
+            self.close()
             raise CacheError(f"{self.path}: damaged feature cache index; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         except CacheError:
-            self._file.close()
+            self.close()
             raise
 
     def _open(self) -> None:
@@ -56,12 +61,15 @@ class FeatureCache:
             self.shard_files = [self.path]
             self._row_shard = np.zeros(len(self.paths), dtype=np.int32)
             self._row_index = np.arange(len(self.paths), dtype=np.int64)
+            self._shards, self._checksums = [self._file], [integrity.stored_checksums(self._file)]
         else:
             table = self._file[schema.SHARDS]
             folder = self.path.resolve().parent
             self.shard_files = [folder / str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
             self.shard_sizes = [int(n) for n in table[schema.SHARD_SIZES][()]]
             self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
+            ids = table[schema.SHARD_IDS].asstr()[()] if schema.SHARD_IDS in table else [""] * len(self.shard_files)
+            self.shard_ids = [str(i) for i in ids]
             self._row_shard = self._file[schema.ROW_SHARD][()]
             self._row_index = self._file[schema.ROW_INDEX][()]
             expected = schema.rows_digest(
@@ -72,9 +80,32 @@ class FeatureCache:
                 raise ValueError("rows digest")
             if len(self._row_shard) != len(self.paths) or len(self._row_index) != len(self.paths):
                 raise ValueError("row table length")
-            for shard, size in zip(self.shard_files, self.shard_sizes):
-                if not shard.is_file() or shard.stat().st_size != size:
-                    raise CacheError(f"{shard}: shard of {self.path} is missing or damaged; run `pipeline extract` again to extract its images again")
+            self._open_shards()
+
+    def _open_shards(self) -> None:
+        """Open every listed shard now, checking its size and, where the index recorded one, its id."""
+        for folder in sorted({file.parent for file in self.shard_files}):
+            if not folder.is_dir():
+                raise MissingShards(
+                    f"{folder}: the shards folder of {self.path} is {'not a folder' if folder.exists() else 'missing'}; "
+                    f"copy the folder {folder.name} from where the index came from, beside it (the two move together), "
+                    "or run `pipeline extract --force` to extract every image again"
+                )
+        _allow_open_files(len(self.shard_files))
+        for shard, size, shard_id in zip(self.shard_files, self.shard_sizes, self.shard_ids):
+            if not shard.is_file() or shard.stat().st_size != size:
+                raise CacheError(f"{shard}: shard of {self.path} is missing or damaged; run `pipeline extract` again to extract its images again")
+            try:
+                handle = h5py.File(shard, "r")
+            except OSError:
+                raise CacheError(f"{shard}: shard of {self.path} is not readable HDF5; run `pipeline extract` again to extract its images again") from None
+            self._shards.append(handle)
+            if shard_id and integrity.stored_id(handle) != shard_id:
+                raise CacheError(
+                    f"{shard}: not the shard {self.path} lists (another file of the same size put in its place); "
+                    "run `pipeline extract` again to extract its images again"
+                )
+            self._checksums.append(integrity.stored_checksums(handle))
 
     def sources(self) -> list[tuple[Path, int]]:
         """Per row, the file and row its features are stored at."""
@@ -87,20 +118,22 @@ class FeatureCache:
         self.close()
 
     def close(self) -> None:
-        for handle in self._open_shards.values():
-            handle.close()
-        self._open_shards.clear()
+        for handle in self._shards:
+            if handle is not self._file:
+                handle.close()
+        self._shards.clear()
         self._file.close()
 
     def _read(self, shard: int, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of one shard; HDF5 checks each chunk's fletcher32 checksum."""
+        """Rows ``start:stop`` of one shard; HDF5 checks each chunk's fletcher32 checksum, and
+        each row is compared with its checksum, so a chunk mapped to the wrong rows is an error."""
         file = self.shard_files[shard]
         try:
-            if shard not in self._open_shards:
-                self._open_shards[shard] = self._file if file == self.path else h5py.File(file, "r")
-            return self._open_shards[shard][schema.FEATURES][start:stop]
+            block = self._shards[shard][schema.FEATURES][start:stop]
         except (OSError, KeyError, RuntimeError):
             raise CacheError(f"{file}: damaged shard of {self.path} (checksum or read error); run `pipeline verify {self.path}` to list damage, then `pipeline extract` again") from None
+        integrity.check_rows(file, self.path, block, self._checksums[shard], start)
+        return block
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -176,6 +209,14 @@ class FeatureCache:
             if on_block is not None:
                 on_block(len(block))
         return out
+
+
+def _allow_open_files(count: int) -> None:
+    """Raise this process's soft limit on open files so that ``count`` shards can stay open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
 
 
 def read_stamps(group: h5py.Group) -> list[FileStamp]:

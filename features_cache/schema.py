@@ -16,13 +16,13 @@ holds one row per image in these datasets (all of length N):
 - ``row_shard``, ``row_index`` (N,): the shard and row each row's features are in
 
 a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_size``,
-``digest``) and a ``skipped`` group with ``paths``, ``reasons`` and the same four stat
+``digest``, ``id``) and a ``skipped`` group with ``paths``, ``reasons`` and the same four stat
 fields for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
 library versions and bookkeeping such as ``complete``. A shard holds ``features``
-(fletcher32-checked chunks), the per-row fingerprints, its ``skipped`` group and the
+(fletcher32-checked chunks), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
 recipe. Version 1, one standalone file with the features inside, is still read, and is
-what ``compact --to`` writes.
+what ``compact --to`` writes (with the same checksums and id as a shard).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ SHARD_FILES = "files"
 SHARD_ROWS = "rows"
 SHARD_SIZES = "file_size"
 SHARD_DIGESTS = "digest"
+SHARD_IDS = "id"  # each shard's random id, as the shard's own SHARD_ID attribute says
+SHARD_ID = "shard_id"
+ROW_CHECKSUM = "row_checksum"  # per row of a shard or standalone file: integrity.row_checksums
 ROW_SHARD = "row_shard"
 ROW_INDEX = "row_index"
 

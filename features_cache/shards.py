@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import schema
+from features_cache import integrity, schema
+from features_cache.errors import CacheError
 from features_cache.faults import checkpoint
 from features_cache.reader import read_records, read_skipped
 from features_cache.records import FileRecord, SkippedFile
 from features_cache.writer import atomic_h5, write_records, write_skipped
 
-_TEMP = re.compile(r"^\..*\.tmp-\d+$")
+_TEMP = re.compile(r"^\..*\.tmp-\d+(\.reserve)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Shard:
     digest: str
     records: list[FileRecord]
     skipped: list[SkippedFile]
+    shard_id: str = ""  # "" for shards written before ids existed
 
 
 def new_shard_path(cache_path: str | Path) -> Path:
@@ -54,15 +55,20 @@ def file_digest(path: str | Path) -> str:
 
 def write_shard(
     path: Path, recipe: schema.Recipe, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile]
-) -> None:
-    """Write one shard atomically; features carry a fletcher32 checksum per chunk."""
+) -> str:
+    """Write one shard atomically and return its new random id; features carry a fletcher32
+    checksum per chunk and a checksum per row (which chunk is which row)."""
     feature_shape = tuple(features.shape[1:])
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
+    stored = np.asarray(features, dtype=dtype)
+    shard_id = integrity.new_id()
     with atomic_h5(path) as f:
+        f.create_dataset(schema.ROW_CHECKSUM, data=integrity.row_checksums(stored))
+        f.attrs[schema.SHARD_ID] = shard_id
         f.create_dataset(
             schema.FEATURES,
-            data=np.asarray(features, dtype=dtype),
+            data=stored,
             chunks=(max(1, min(per_chunk, len(features))), *feature_shape),
             maxshape=(None, *feature_shape),
             fletcher32=True,
@@ -72,12 +78,14 @@ def write_shard(
         f.attrs.update(recipe.to_attrs())
         f.attrs["identity"] = recipe.fingerprint()
         f.attrs["schema_version"] = schema.SCHEMA_VERSION
+    return shard_id
 
 
 def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Shard:
     """Check a shard and return it; raise ``ValueError`` saying what is wrong.
 
-    ``read_features`` reads every chunk, so HDF5 verifies its fletcher32 checksum.
+    ``read_features`` reads every chunk, so HDF5 verifies its fletcher32 checksum, and
+    compares every row with its checksum.
     """
     try:
         size = path.stat().st_size
@@ -89,9 +97,13 @@ def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Sha
             if features.shape[0] != len(records):
                 raise ValueError("row count does not match its paths")
             if read_features:
+                sums = integrity.stored_checksums(f)
                 for start in range(0, len(features), 4096):
-                    features[start : start + 4096]
-        return Shard(path, size, file_digest(path), records, skipped)
+                    integrity.check_rows(path, path, features[start : start + 4096], sums, start)
+            shard_id = integrity.stored_id(f)
+        return Shard(path, size, file_digest(path), records, skipped, shard_id)
+    except CacheError:
+        raise ValueError("a row does not hold the features written there (row checksum mismatch)") from None
     except (OSError, KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
@@ -117,12 +129,26 @@ def remove_temporaries(folder: Path, prefix: str = ".") -> None:
             path.unlink(missing_ok=True)
 
 
+def shard_files(cache_path: str | Path) -> list[Path]:
+    """The files in the shards folder named like shards (a folder of that name is no shard: see :func:`strays`)."""
+    folder = schema.shards_dir(cache_path)
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.glob("shard-*.h5") if path.is_symlink() or path.is_file()]
+
+
+def strays(cache_path: str | Path) -> list[Path]:
+    """Entries of the shards folder that are neither shard files nor temporary files: listed, never touched."""
+    folder = schema.shards_dir(cache_path)
+    if not folder.is_dir():
+        return []
+    files = set(shard_files(cache_path))
+    return sorted(p for p in folder.iterdir() if p not in files and not (_TEMP.match(p.name) and p.is_file()))
+
+
 def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
     """Delete shards the committed index no longer lists; run only after the index is durable."""
-    for path in schema.shards_dir(cache_path).glob("shard-*.h5"):
+    for path in shard_files(cache_path):
         if path.resolve() not in live:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             checkpoint("collecting")

@@ -18,8 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import schema
-from features_cache.atomic import replacing
+from features_cache import integrity, schema
+from features_cache.atomic import replacing, temporary_path
 from features_cache.records import FileRecord, FileStamp, SkippedFile
 
 STRING = h5py.string_dtype("utf-8")
@@ -149,11 +149,11 @@ def write_index(
     rows: Sequence[Row],
     skipped: Sequence[SkippedFile],
     attrs: dict[str, object],
-    shards: Sequence[tuple[str, int, int, str]],
+    shards: Sequence[tuple[str, int, int, str, str]],
 ) -> None:
     """Write the index: row metadata, the shard table and ``features`` as a virtual dataset.
 
-    ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest)``; every
+    ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest, id)``; every
     row's source file must be one of them. Only this small file is rewritten per commit.
     """
     path = Path(path)
@@ -179,6 +179,7 @@ def write_index(
         table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in shards], dtype=np.int64))
         table.create_dataset(schema.SHARD_SIZES, data=np.array([s[2] for s in shards], dtype=np.int64))
         write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
+        write_strings(table, schema.SHARD_IDS, [s[4] for s in shards])
         f.create_dataset(schema.ROW_SHARD, data=row_shard)
         f.create_dataset(schema.ROW_INDEX, data=row_index)
         f.attrs["rows_digest"] = schema.rows_digest(
@@ -203,26 +204,59 @@ def write_cache(
     """Write a standalone single-file cache (for sharing) from rows in other HDF5 files.
 
     Rows are copied in slices of contiguous source rows, so memory stays at about one
-    chunk whatever the number of images.
+    chunk whatever the number of images. The file carries a shard's protection: fletcher32
+    per chunk, a checksum per row and an id. Its whole size is reserved on disk first, so a
+    full disk is one ``OSError`` before HDF5 writes anything (HDF5 failing mid-flush crashes).
     """
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
     sources = _OpenFiles()
+    sums = np.zeros(len(rows), dtype=np.uint64)
     try:
-        with atomic_h5(path, "standalone", in_memory=False) as f:
+        with reserved(path, standalone_bytes(feature_shape, dtype, rows)), atomic_h5(path, "standalone", in_memory=False) as f:
             features = f.create_dataset(
                 schema.FEATURES,
                 shape=(len(rows), *feature_shape),
                 dtype=dtype,
                 chunks=(min(per_chunk, max(1, len(rows))), *feature_shape),
+                fletcher32=True,
             )
             for first, count, file, index in _contiguous_runs(rows):
                 for offset in range(0, count, per_chunk):
                     n = min(per_chunk, count - offset)
-                    block = sources.features(file)[index + offset : index + offset + n]
-                    features[first + offset : first + offset + n] = block.astype(dtype, copy=False)
+                    block = sources.features(file)[index + offset : index + offset + n].astype(dtype, copy=False)
+                    features[first + offset : first + offset + n] = block
+                    sums[first + offset : first + offset + n] = integrity.row_checksums(block)
+            f.create_dataset(schema.ROW_CHECKSUM, data=sums)
+            f.attrs[schema.SHARD_ID] = integrity.new_id()
             _common(f, recipe, class_names, rows, skipped, attrs)
             f.attrs["schema_version"] = schema.STANDALONE_VERSION
             f.attrs["complete"] = np.int8(1)
     finally:
         sources.close()
+
+
+def standalone_bytes(feature_shape: tuple[int, ...], dtype: np.dtype, rows: Sequence[Row]) -> int:
+    """An upper bound on a standalone file's size: the features, about 300 bytes of metadata a row
+    plus its path (stored twice over by HDF5's heaps at worst), and 1 MiB for the rest."""
+    row_bytes = int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return len(rows) * (row_bytes + 300) + 2 * sum(len(r.record.path.encode()) for r in rows) + (1 << 20)
+
+
+@contextlib.contextmanager
+def reserved(path: str | os.PathLike, size: int) -> Iterator[None]:
+    """Make sure ``size`` bytes can be written beside ``path``: allocate them, then free them just before the write.
+
+    Raises the ``OSError`` (ENOSPC) of the allocation; a write racing another writer for the
+    space can still fail, but no longer in the common case of a disk that is simply too small.
+    """
+    hold = temporary_path(Path(path), ".reserve")
+    try:
+        descriptor = os.open(hold, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(descriptor, 0, max(1, size))
+        finally:
+            os.close(descriptor)
+    finally:
+        hold.unlink(missing_ok=True)
+    yield

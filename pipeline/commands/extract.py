@@ -48,6 +48,10 @@ def register(subparsers) -> None:
         "--prune", action="store_true",
         help="allow dropping cached images missing from DATA when DATA is another folder or most of them are gone",
     )
+    parser.add_argument(
+        "--keep-orphans", action="store_true",
+        help="keep unindexed shards that cannot be adopted (made with other settings, damaged) instead of deleting them",
+    )
     parser.set_defaults(run=run)
 
 
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             force=args.force,
             prune=args.prune,
+            keep_orphans=args.keep_orphans,
         )
     )
     print_extract_report(report)

@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import schema
-from features_cache.errors import no_space
+from features_cache import integrity, schema
+from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
@@ -55,8 +55,12 @@ def commit(
     old: FeatureCache | None,
     known: list[Shard],
     attrs: dict,
+    versions: dict | None = None,
 ) -> set[Path]:
-    """Write the new index atomically; returns the shard files it lists (for garbage collection)."""
+    """Write the new index atomically; returns the shard files it lists (for garbage collection).
+
+    ``versions`` are the libraries the features were made with: this process's by default, the
+    old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
     rows = _into_shards(cache_path, recipe, rows, feature_shape)
     table = _shard_table(cache_path, rows, old, known)
     attrs = {
@@ -64,13 +68,13 @@ def commit(
         "source_kind": dataset.kind,
         "created_at": old.attrs.get("created_at", _now()) if old else _now(),
         **attrs,
-        **library_versions(),
+        **(library_versions() if versions is None else versions),
     }
     try:
         write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,
                     rows=rows, skipped=skipped, attrs=attrs, shards=table)
     except OSError as error:
-        raise PipelineError(str(no_space(cache_path.parent, (1 << 20) + 200 * len(rows), error))) from None
+        raise PipelineError(str(no_space(cache_path.parent, index_bytes(len(rows)), error))) from None
     return {cache_path.parent.resolve() / name for name, *_ in table}
 
 
@@ -95,25 +99,28 @@ def _into_shards(cache_path: Path, recipe: schema.Recipe, rows: list[Row], featu
         try:
             write_shard(path, recipe, features, [rows[i].record for i in part], [])
         except OSError as error:
-            raise PipelineError(str(no_space(folder, features.nbytes, error))) from None
+            rest = len(outside) - start
+            needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))
+            raise PipelineError(str(no_space(folder, needed, error))) from None
         for n, i in enumerate(part):
             rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
     return rows
 
 
-def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str]]:
-    """``(relative file, rows, bytes, digest)`` of every shard a row refers to, in first-use order."""
-    facts: dict[Path, tuple[int, str]] = {}
+def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str, str]]:
+    """``(relative file, rows, bytes, digest, id)`` of every shard a row refers to, in first-use order."""
+    facts: dict[Path, tuple[int, str, str]] = {}
     if old is not None and old.version == schema.SCHEMA_VERSION:
-        facts = {f.resolve(): (size, digest) for f, size, digest in zip(old.shard_files, old.shard_sizes, old.shard_digests)}
-    facts.update({shard.path.resolve(): (shard.size, shard.digest) for shard in known})
+        facts = {f.resolve(): (size, digest, shard_id)
+                 for f, size, digest, shard_id in zip(old.shard_files, old.shard_sizes, old.shard_digests, old.shard_ids)}
+    facts.update({shard.path.resolve(): (shard.size, shard.digest, shard.shard_id) for shard in known})
     folder = cache_path.parent.resolve()
-    table: dict[Path, tuple[str, int, int, str]] = {}
+    table: dict[Path, tuple[str, int, int, str, str]] = {}
     for row in rows:
         file = Path(row.source.file).resolve()
         if file not in table:
-            size, digest = facts.get(file) or (file.stat().st_size, file_digest(file))
             with h5py.File(file, "r") as f:
-                count = len(f[schema.FEATURES])
-            table[file] = (os.path.relpath(file, folder), count, size, digest)
+                count, own_id = len(f[schema.FEATURES]), integrity.stored_id(f)
+            size, digest, shard_id = facts.get(file) or (file.stat().st_size, file_digest(file), own_id)
+            table[file] = (os.path.relpath(file, folder), count, size, digest, shard_id)
     return list(table.values())

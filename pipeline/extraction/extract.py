@@ -1,7 +1,8 @@
 """Stage one: images to a feature cache, incrementally, resumably, and never silently wrong.
 
 A run reads top to bottom: (1) check the options and find the images; (2) if the request
-and every file are as the cache recorded them, stop without building the model; else
+is the one the cache's recipe was checked for and no image needs extracting, write at most a
+new index (a relabel, an exclusion) without building the model; else
 (3) build the backbone and its recipe, (4) plan per image what is already cached
 (:mod:`~pipeline.extraction.plan`), (5) extract the rest into new immutable shards on the
 local or the Ray engine, (6) replace the small index atomically and delete shards no row
@@ -20,7 +21,7 @@ from features_cache.faults import checkpoint
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
-from features_cache.shards import Shard, collect_garbage, remove_temporaries
+from features_cache.shards import Shard, collect_garbage, remove_temporaries, shard_files
 from pipeline.errors import PipelineError
 from pipeline.extraction import plan as planning
 from pipeline.extraction.commit import commit, index_rows, unchanged
@@ -72,16 +73,23 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
     request = request_fingerprint(options)
     try:
         with exclusive_writer(options.cache):
-            report = _nothing_to_do(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
+            cache_path = Path(options.cache)  # under the lock every temporary file's writer is dead
+            remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
+            remove_temporaries(schema.shards_dir(cache_path))
+            planning.list_strays(cache_path)
+            report = _without_model(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
             return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
         raise PipelineError(str(error)) from None
 
 
-def _nothing_to_do(
+def _without_model(
     options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float
 ) -> ExtractReport | None:
-    """The report of a no-op run, if this request and every file are as the cache recorded them."""
+    """The run, if it needs no model: nothing to extract, no orphan to check, and the request the
+    one whose recipe the run that wrote the cache checked against the built model (same options,
+    weights bytes, host, libraries). Then only the index changes (a relabel, an exclusion) or
+    nothing does; anything else returns None for the full path, which checks the real recipe."""
     path = Path(options.cache)
     if options.force or not path.exists():
         return None
@@ -93,14 +101,22 @@ def _nothing_to_do(
         if cache.attrs.get("request") != request:
             return None
         live = {file.resolve() for file in cache.shard_files}
-        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in schema.shards_dir(path).glob("*")):
+        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in shard_files(path)):
             return None
         planned = planning.plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = index_rows(dataset, planned.ready)
         skipped = _skipped_in_order(dataset, planned)
-        if planned.todo or not rows or not unchanged(cache, dataset, class_names, rows, skipped):
+        if planned.todo or not rows:
             return None
-    return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=False)
+        if unchanged(cache, dataset, class_names, rows, skipped):
+            return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=False)
+        planning.check_drop(options, dataset, cache, planned)
+        live = commit(path, cache.recipe, cache.feature_shape, dataset, class_names, rows, skipped, cache, [],
+                      {"request": request, "tf32": str(cache.attrs.get("tf32", ""))},
+                      {k: v for k, v in cache.attrs.items() if k.startswith("version.") or k == "keras_backend"})
+    checkpoint("committed")
+    collect_garbage(path, live)
+    return _report(path, planned, class_names, skipped, len(rows), started, 0.0, written=True)
 
 
 def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request: str, started: float) -> ExtractReport:
@@ -128,12 +144,11 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         storage_dtype=options.storage_dtype,
         decoder=pixel_decoder(options, spec),
     )
-    remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
-    remove_temporaries(schema.shards_dir(cache_path))
     old = planning.open_existing(options, recipe)
     live: set[Path] = set()
     try:
-        adopted = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force)
+        adopted, rejected = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force,
+                                   options.keep_orphans)
         planned = planning.plan(dataset, old, adopted, skip_conditions(spec))
         checkpoint("planned")
         if old is not None:
@@ -161,8 +176,12 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         if old is not None:
             old.close()
     checkpoint("committed")
+    kept = set(rejected) if options.keep_orphans else set()
     if written:
-        collect_garbage(cache_path, live)
+        collect_garbage(cache_path, live | {path.resolve() for path in kept})
+    else:
+        for path in set(rejected) - kept:
+            path.unlink(missing_ok=True)
     report = _report(cache_path, planned, class_names, skipped, len(rows), started, extract_seconds, written)
     return dataclasses.replace(report, notes=tuple(notes), model_seconds=model_seconds)
 
@@ -177,7 +196,7 @@ def _extract(backbone, planned: planning.Plan, spec: ResizeSpec, options: Extrac
         return extract_on_ray(backbone, planned.todo, spec, options, recipe)
     from pipeline.extraction.local_engine import extract_locally
 
-    return extract_locally(backbone, planned.todo, spec, options, recipe)
+    return extract_locally(backbone, planned.todo, spec, options, recipe, index_rows=len(planned.ready) + len(planned.todo))
 
 
 def _skipped_in_order(dataset: Dataset, planned: planning.Plan) -> list[SkippedFile]:

@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 
 
 def extract_locally(
-    backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
+    backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe,
+    index_rows: int = 0,
 ) -> tuple[list[Shard], float]:
-    """Run the model over ``todo`` into new shards; returns them and the seconds it took."""
+    """Run the model over ``todo`` into new shards; returns them and the seconds it took.
+
+    ``index_rows`` (the rows the commit will index) sizes the message of a full disk."""
     started = time.perf_counter()
-    writer = ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy)
+    writer = ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy,
+                         remaining_rows=len(todo), index_rows=index_rows)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(todo))
     if recipe.decoder == schema.PILLOW:

@@ -46,6 +46,7 @@ class ExtractOptions:
     seed: int = 0
     force: bool = False
     prune: bool = False
+    keep_orphans: bool = False
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -115,7 +116,7 @@ def _weights_digest(options: ExtractOptions) -> str | None:
 
 
 _NOT_IN_REQUEST = (
-    "data", "cache", "workers", "decoder", "force", "prune", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
+    "data", "cache", "workers", "decoder", "force", "prune", "keep_orphans", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
 )
 
 

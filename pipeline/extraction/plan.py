@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 
 from features_cache import schema
-from features_cache.errors import CacheError
+from features_cache.errors import CacheError, MissingShards
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, file_content_hash
-from features_cache.shards import Shard, open_shard
+from features_cache.shards import Shard, open_shard, shard_files, strays
 from features_cache.writer import FeatureSource
 from pipeline.errors import PipelineError
 from pipeline.extraction.loader import LoadTask
@@ -74,6 +74,8 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
         return None
     try:
         old = FeatureCache(path)
+    except MissingShards as error:
+        raise PipelineError(str(error)) from None
     except CacheError as error:
         if any(schema.shards_dir(path).glob("shard-*.h5")):
             print(f"{error}; rebuilding the index from the shards that verify", file=sys.stderr)
@@ -88,17 +90,28 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
     return old
 
 
-def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool) -> list[Shard]:
-    """Shards no index lists (left by an interrupted run): verified and adopted, or deleted."""
-    adopted = []
-    for path in sorted(schema.shards_dir(cache_path).glob("shard-*.h5"), key=lambda p: p.stat().st_mtime_ns):
+def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool, keep: bool = False) -> tuple[list[Shard], list[Path]]:
+    """Shards no index lists (left by an interrupted run): verified and adopted, or reported and
+    returned as rejected, for the caller to delete with the garbage (kept with ``keep``, i.e.
+    ``--keep-orphans``). No index refers to them, so readers lose nothing."""
+    adopted, rejected = [], []
+    for path in sorted(shard_files(cache_path), key=lambda p: p.lstat().st_mtime_ns):
         if path.resolve() in live or force:
             continue
         try:
             adopted.append(open_shard(path, recipe, read_features=True))
         except ValueError as error:
-            print(f"{path}: {error}; its images will be extracted again", file=sys.stderr)
-    return adopted
+            rejected.append(path)
+            fate = "kept (--keep-orphans)" if keep else "deleted, any of its images still in the data are extracted again"
+            print(f"{path}: not adopted ({error}); {fate}", file=sys.stderr)
+    return adopted, rejected
+
+
+def list_strays(cache_path: Path) -> None:
+    """Name, once per run, what sits in the shards folder but is no shard (a folder, another file)."""
+    for path in strays(cache_path):
+        kind = "a folder" if path.is_dir() and not path.is_symlink() else "not a shard file"
+        print(f"{path}: {kind} in the shards folder, not part of the cache; left alone, remove it", file=sys.stderr)
 
 
 RACY_NS = 2 * 10**9  # the coarsest common mtime granule (FAT: 2 s); finer ones only hash a few files more

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from features_cache import schema
-from features_cache.errors import no_space
+from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.faults import checkpoint
 from features_cache.records import FileRecord, SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
@@ -33,8 +33,11 @@ class ShardWriter:
     background thread: the model's loop never waits for a copy, a check or a disk."""
 
     def __init__(
-        self, cache_path: Path, recipe: schema.Recipe, feature_shape: tuple[int, ...], to_numpy: Callable[[object], np.ndarray]
+        self, cache_path: Path, recipe: schema.Recipe, feature_shape: tuple[int, ...], to_numpy: Callable[[object], np.ndarray],
+        *, remaining_rows: int = 0, index_rows: int = 0,
     ) -> None:
+        """``remaining_rows`` (images still to write) and ``index_rows`` (rows of the index to
+        commit) size the "free N MB" of a full disk: what the rest of the job needs, not one batch."""
         self._cache_path = cache_path
         self._recipe = recipe
         self._feature_shape = feature_shape
@@ -43,6 +46,8 @@ class ShardWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._needed = 0
+        self._remaining = remaining_rows
+        self._index_rows = index_rows
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
@@ -60,11 +65,21 @@ class ShardWriter:
             check_finite(host, records)
         else:
             host = np.zeros((0, *self._feature_shape), dtype=self._recipe.storage_dtype)
-        self._needed = 2 * host.nbytes + (1 << 20)  # the shard, and the index after it
+        self._needed = self._rest_of_job(host, records, skipped)
         path = new_shard_path(self._cache_path)
-        write_shard(path, self._recipe, host, records, skipped)
-        self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped))
+        shard_id = write_shard(path, self._recipe, host, records, skipped)
+        self._remaining -= len(records) + len(skipped)
+        self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped, shard_id))
         checkpoint("shard-written")
+
+    def _rest_of_job(self, host: np.ndarray, records: list[FileRecord], skipped: list[SkippedFile]) -> int:
+        """Bytes this shard, the shards after it and the index need, at this shard's rows per shard."""
+        per_shard = max(1, len(records) + len(skipped))
+        remaining = max(self._remaining, per_shard)
+        row_bytes = host.nbytes // max(1, len(host)) if len(host) else int(np.prod(self._feature_shape)) * host.dtype.itemsize
+        path_bytes = sum(len(r.path.encode()) for r in [*records, *skipped]) // per_shard
+        shards = -(-remaining // per_shard)
+        return shards * shard_bytes(per_shard, row_bytes, per_shard * path_bytes) + index_bytes(max(self._index_rows, remaining))
 
     def put(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         self._raise_if_failed()
