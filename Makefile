@@ -92,6 +92,14 @@ else
 		--batch $(BENCH_BATCH) --out $(BENCH_OUT)
 endif
 
+# `make bench-stage-two`: stage two as a user feels it, whole `train` processes (logreg on the demo's
+# cache, dense on the seed recipe's 600 + 150 images, a 10-value sweep) against the plain Keras route,
+# each goal's figure beside its target; writes $(BENCH_OUT)/stage-two.json.
+BENCH_REPEATS ?= 3
+.PHONY: bench-stage-two
+bench-stage-two: setup
+	$(PY) -m bench.stage_two --repeats $(BENCH_REPEATS) --out $(BENCH_OUT)
+
 # A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
 # dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of
 # this folder with $(DEVICE_PACK), `bench/device.sh OUT_DIR` installs them and runs the bench on JAX and PyTorch.

@@ -323,11 +323,13 @@ def train(settings: Settings, cache: Path, head: str, name: str) -> Process:
     return run_process(argv, settings.out / "logs" / f"train-{name}.log", check=False)
 
 
-def synthetic_cache(path: Path, n: int = SYNTHETIC_N, seed: int = 0) -> Path:
+def synthetic_cache(path: Path, n: int = SYNTHETIC_N, seed: int = 0, splits: dict[str, int] | None = None) -> Path:
     """A cache of ``n`` images at 7x7x512 float16 written without running VGG16.
 
     Features are non-negative like ReLU outputs, with a per-class mean so heads can learn;
     head timings at a realistic size then cost seconds instead of an hour of extraction.
+    ``splits`` (e.g. ``{"train": 600, "val": 150}``, the seed recipe's folders) stores a split
+    for the first rows in that order; without it no row has one and ``train`` draws them.
     """
     from features_cache import schema
     from features_cache.records import FileRecord, FileStamp
@@ -354,8 +356,10 @@ def synthetic_cache(path: Path, n: int = SYNTHETIC_N, seed: int = 0) -> Path:
         resize="stretch", interpolation="bilinear", background="rgb(255,255,255)", precision="float32",
         storage_dtype="float16",
     )
+    stored = [split for split, count in (splits or {}).items() for _ in range(count)]
+    stored += [""] * (n - len(stored))
     rows = [
-        Row(FileRecord(f"{CLASSES[label]}/synthetic_{i:05d}.jpg", f"{i:032x}", FileStamp(0, 0)), int(label), "",
+        Row(FileRecord(f"{CLASSES[label]}/synthetic_{i:05d}.jpg", f"{i:032x}", FileStamp(0, 0)), int(label), stored[i],
             FeatureSource(str(source), i))
         for i, label in enumerate(labels)
     ]

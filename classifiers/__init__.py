@@ -1,7 +1,10 @@
 """Heads trained on cached CNN codes; ``HEADS`` maps each ``--head`` name to its class.
 
-Each head's module is imported when that head is first asked for (PEP 562), so a
-scikit-learn head, the errors or ``get_head("logreg")`` never import Keras.
+Each head's module is imported when that head is first asked for (PEP 562), and so is the
+shared interface (``Head``, which imports scikit-learn): the command line imports the errors
+at start-up, and ``--help``, ``info`` or ``runs`` then pay for neither scikit-learn nor Keras.
+The Keras heads import Keras only when they build, train or load a model, so a scikit-learn
+head, ``get_head("dense").defaults()`` or a logreg run never import it.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from classifiers.base import HEAD_FILE, Head, RowSource
 from classifiers.errors import FeatureShapeError, HeadError, SettingError
+
+if TYPE_CHECKING:
+    from classifiers.base import Head
 
 # ``--head`` name -> (module, class); the Keras heads stay unimported until used.
 _HEAD_CLASSES = {
@@ -33,7 +39,13 @@ def _load(module: str, name: str) -> type[Head]:
     return getattr(importlib.import_module(module), name)
 
 
+# Names of ``classifiers.base`` offered here, imported on first use.
+_BASE_NAMES = ("HEAD_FILE", "Head", "RowSource")
+
+
 def __getattr__(attribute: str):
+    if attribute in _BASE_NAMES:
+        return getattr(importlib.import_module("classifiers.base"), attribute)
     if attribute == "HEADS":
         return {name: _load(*where) for name, where in _HEAD_CLASSES.items()}
     for module, name in _SAVED_CLASSES.values():
@@ -51,6 +63,8 @@ def get_head(name: str) -> type[Head]:
 
 def load_head(run_dir: Path) -> Head:
     """The fitted head saved in ``run_dir`` (a run folder, or any folder ``Head.save`` wrote)."""
+    from classifiers.base import HEAD_FILE
+
     run_dir = Path(run_dir)
     meta_path = run_dir / HEAD_FILE
     if not meta_path.exists():

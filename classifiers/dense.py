@@ -5,8 +5,6 @@ from __future__ import annotations
 from numbers import Integral
 from typing import ClassVar
 
-import keras
-
 from classifiers.keras_head import KerasHead
 from classifiers.sk_compat import Interval
 
@@ -36,5 +34,7 @@ class DenseHead(KerasHead):
         self._store(locals())
 
     def body(self, x):
+        import keras
+
         x = keras.layers.Flatten()(x)
         return keras.layers.Dense(self.units, activation="relu")(x)

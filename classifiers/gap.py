@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import keras
-
 from classifiers.keras_head import KerasHead
 
 
@@ -28,4 +26,6 @@ class GapHead(KerasHead):
         self._store(locals())
 
     def body(self, x):
+        import keras
+
         return keras.layers.GlobalAveragePooling2D()(x)

@@ -6,22 +6,28 @@ shared ones (standardisation, dropout, the softmax layer) are added around them.
 training features' per-channel mean and variance: codes from randomly initialised or
 unusual backbones can be tiny and nearly constant, and the layer makes the learning
 rate mean the same thing on any cache (logreg standardises for the same reason).
+
+Keras is imported inside the methods that build, train or load a model, never at import:
+the class and its settings (``defaults()``, what ``runs`` shows) cost no Keras start-up.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Iterable
 from numbers import Integral, Real
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import keras
 import numpy as np
 
 from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource
 from classifiers.errors import SettingError
 from classifiers.sk_compat import Interval, StrOptions
+
+if TYPE_CHECKING:
+    import keras
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PREDICT_BATCH = 1024
@@ -31,6 +37,10 @@ PREDICT_BATCH = 1024
 # gap 30 epochs 13 s -> 9 s.
 JIT_COMPILE = {"tensorflow": True}
 STEPS_PER_EXECUTION = 32
+# Grid cells per float64 slice in ``channel_stats`` (4 MiB at 512 channels): cache-sized, not a 2x copy of X.
+STATS_ROWS = 1024
+# Validation rows per step: one step per epoch for a usual val split, instead of one per training batch.
+VAL_BATCH = 1024
 # Relative variance below which a channel counts as constant in training (scaled by 1, not 1/std).
 CONSTANT_VARIANCE = 1e-10
 
@@ -42,33 +52,14 @@ def seed_everything(seed: int) -> None:
     identical probabilities), so XLA stays on; on a GPU, TensorFlow's op determinism is
     switched on, which makes Keras train without XLA there.
     """
+    import keras
+
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         if tf.config.list_physical_devices("GPU"):
             tf.config.experimental.enable_op_determinism()
-
-
-class StreamBatches(keras.utils.PyDataset):
-    """Batches read from a :class:`RowSource`, in a fresh seeded order each epoch when shuffling."""
-
-    def __init__(self, source: RowSource, columns: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
-        self.source, self.columns, self.batch_size, self.shuffle = source, columns, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(columns)) if shuffle else np.arange(len(columns))
-
-    def __len__(self) -> int:
-        return -(-len(self.columns) // self.batch_size)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.source.read(rows), self.columns[rows]
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.columns))
 
 
 def channel_stats(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,15 +72,39 @@ def channel_stats(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     total = squares = None
     count = 0
     for block in blocks:
-        flat = block.reshape(-1, block.shape[-1]).astype(np.float64)
-        total = flat.sum(axis=0) if total is None else total + flat.sum(axis=0)
-        squares = (flat**2).sum(axis=0) if squares is None else squares + (flat**2).sum(axis=0)
+        flat = block.reshape(-1, block.shape[-1])
+        for start in range(0, len(flat), STATS_ROWS):  # float64 a slice at a time, not a float64 copy of the block
+            part = flat[start : start + STATS_ROWS].astype(np.float64)
+            total = part.sum(axis=0) if total is None else total + part.sum(axis=0)
+            squares = (part**2).sum(axis=0) if squares is None else squares + (part**2).sum(axis=0)
         count += len(flat)
     mean = total / count
     variance = np.maximum(squares / count - mean**2, 0)
     constant = variance <= CONSTANT_VARIANCE * np.maximum(mean**2, 1.0)
     variance[constant] = 1.0
     return mean.astype(np.float32), variance.astype(np.float32)
+
+
+# The last read-only array standardised, and its statistics: see ``standardisation``.
+_LAST_STATS: dict[int, tuple[weakref.ref, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``channel_stats`` of ``X``, computed once per read-only array.
+
+    ``train`` loads a sweep's features once and marks them read-only, so the runs of a
+    ``--set`` sweep share one pass over them; a writeable array may have changed since, and
+    is measured again.
+    """
+    if X.flags.writeable:
+        return channel_stats([X])
+    known = _LAST_STATS.get(id(X))
+    if known is not None and known[0]() is X:
+        return known[1]
+    stats = channel_stats([X])
+    _LAST_STATS.clear()
+    _LAST_STATS[id(X)] = (weakref.ref(X), stats)
+    return stats
 
 
 class KerasHead(Head):
@@ -117,6 +132,8 @@ class KerasHead(Head):
 
     def build(self, n_classes: int, mean: np.ndarray, variance: np.ndarray) -> keras.Model:
         """Normalization (with ``standardize``) -> ``body`` -> Dropout (when ``dropout``) -> Dense softmax."""
+        import keras
+
         inputs = keras.Input(shape=self.input_shape_, name="features")
         x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)(inputs) if self.standardize else inputs
         x = self.body(x)
@@ -139,7 +156,7 @@ class KerasHead(Head):
             val = (self._validate_X(X_val), self._column(y_val))
         elif self.early_stopping or self.reduce_lr:
             X, columns, val = self._hold_out(X, columns)
-        self._train(X, columns, val, channel_stats([X]) if self.standardize else None)
+        self._train(X, columns, val, standardisation(X) if self.standardize else None)
         return self
 
     def _hold_out(self, X: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -153,6 +170,8 @@ class KerasHead(Head):
         return X_fit, y_fit, (X_val, y_val)
 
     def fit_stream(self, source: RowSource, *, val: RowSource | None = None) -> KerasHead:
+        from classifiers.keras_stream import StreamBatches
+
         columns = self._start_fit(source.labels, source.input_shape)
         if val is None and (self.early_stopping or self.reduce_lr):
             raise SettingError(f"{self.name}: early_stopping and reduce_lr watch the validation loss; pass validation rows")
@@ -164,6 +183,8 @@ class KerasHead(Head):
         return self
 
     def _train(self, x, columns, val, stats: tuple[np.ndarray, np.ndarray] | None, streamed: bool = False) -> None:
+        import keras
+
         seed_everything(self.seed)
         mean, variance = stats if stats is not None else (None, None)
         model = self.build(len(self.classes_), mean, variance)
@@ -186,6 +207,7 @@ class KerasHead(Head):
             batch_size=None if streamed else self.batch_size,
             epochs=self.epochs,
             validation_data=val,
+            validation_batch_size=None if streamed else VAL_BATCH,
             class_weight=self._column_weights(columns),
             shuffle=True,
             callbacks=callbacks,
@@ -216,6 +238,8 @@ class KerasHead(Head):
 
     @classmethod
     def load(cls, folder: Path) -> KerasHead:
+        import keras
+
         head = cls._load_meta(folder)
         head.model_ = keras.saving.load_model(folder / cls.model_file)
         return head

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from classifiers import Head, SettingError
+from classifiers import SettingError
+
+if TYPE_CHECKING:
+    from classifiers import Head
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, list[str]]:

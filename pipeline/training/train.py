@@ -12,11 +12,11 @@ import datetime
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from classifiers import Head, get_head
+from classifiers import get_head
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
 from pipeline.memory import available_memory
@@ -25,6 +25,9 @@ from pipeline.training import runs
 from pipeline.training.metrics import evaluate
 from pipeline.training.settings import expand
 from pipeline.training.splits import DEFAULT_FRACTIONS, plan_cache_splits
+
+if TYPE_CHECKING:
+    from classifiers import Head
 
 LOAD_MODES = ("auto", "memory", "stream")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -111,6 +114,8 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             options.load == "auto" and 3 * len(cache) * int(np.prod(cache.feature_shape)) * 4 < available_memory()
         )
         data = {split: load_features(cache, rows, split) for split, rows in indices.items()} if in_memory else None
+        for features in (data or {}).values():
+            features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)

@@ -1,0 +1,161 @@
+"""``make bench-stage-two``: what a user of stage two feels, the wall time from enter to the run's line.
+
+Every figure is a whole process (interpreter start, imports, reading the cache, training,
+writing the run folder), taken ``--repeats`` times with the rows interleaved, so that other
+work on a shared machine slows every row alike; each row reports min, median and max, and
+each goal is a ratio or figure from this one run, printed beside its target:
+
+- ``train --head logreg`` on the demo's cache (300 digits at 224: 7x7x512 codes);
+- ``train --head dense`` on the seed recipe's shape (600 train + 150 val images at 224,
+  20 epochs; synthetic float16 codes, see ``bench.throughput.synthetic_cache``), against the
+  plain Keras route on the same arrays as a whole process: h5py, ``Sequential([Flatten,
+  Dense(256), Dropout(0.5), Dense])``, ``fit(epochs=20, batch_size=20)``;
+- a 10-value ``--set`` sweep against one run of the same head.
+
+    python -m bench.stage_two --repeats 3 --out bench-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.throughput import run_process, synthetic_cache
+
+SEED_SPLITS = {"train": 600, "val": 150}
+SWEEP = "C=" + ",".join(f"{c:g}" for c in (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300))
+# (goal, target, how the figure is made); "max" targets are upper bounds.
+GOALS = (
+    ("logreg run, process wall s", 1.5),
+    ("dense run / plain Keras route, process wall", 0.5),
+    ("10-value logreg sweep / one logreg run", 3.0),
+)
+
+
+def demo_cache(out: Path) -> Path:
+    """The demo's cache: its 300 digits extracted at 224 (seeded random weights: the same shape and speed)."""
+    cache = out / "digits.h5"
+    if not cache.exists():
+        from pipeline.demo_data import write_digits
+
+        data = write_digits(out / "digits", per_class=30)
+        argv = [sys.executable, "-m", "pipeline", "extract", str(data), "--cache", str(cache), "--weights", "none"]
+        run_process(argv, out / "logs" / "extract-digits.log")
+    return cache
+
+
+def plain_keras(cache: Path) -> None:
+    """The route a Keras user writes on the same features: h5py, Sequential, fit. Runs as its own process."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(cache, "r") as f:
+        features = f["features"][:].astype("float32")
+        labels = f["labels"][:]
+        split = f["split"].asstr()[:]
+    import keras
+
+    train, val = split == "train", split == "val"
+    model = keras.Sequential([
+        keras.Input(features.shape[1:]),
+        keras.layers.Flatten(),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(int(labels.max()) + 1, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.RMSprop(2e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(features[train], labels[train], epochs=20, batch_size=20, validation_data=(features[val], labels[val]), verbose=2)
+    print("val accuracy", float(np.mean(np.argmax(model.predict(features[val], verbose=0), axis=1) == labels[val])))
+
+
+def train_argv(cache: Path, runs: Path, head: str, *settings: str) -> list[str]:
+    argv = [sys.executable, "-m", "pipeline", "train", str(cache), "--head", head, "--runs-dir", str(runs)]
+    return argv + [part for setting in settings for part in ("--set", setting)]
+
+
+def measure(out: Path, repeats: int) -> dict[str, list[float]]:
+    """Each row's process wall, ``repeats`` times, the rows interleaved."""
+    digits = demo_cache(out)
+    seed = synthetic_cache(out / "seed-750.h5", n=sum(SEED_SPLITS.values()), splits=SEED_SPLITS)
+    runs = out / "stage-two-runs"
+    rows = {
+        "train --head logreg (demo cache)": train_argv(digits, runs, "logreg"),
+        f"train --head logreg --set {SWEEP}": train_argv(digits, runs, "logreg", SWEEP),
+        "train --head dense (600 + 150 at 7x7x512, 20 epochs)": train_argv(seed, runs, "dense", "verbose=2"),
+        "plain Keras route, same arrays": [sys.executable, "-m", "bench.stage_two", "--plain", str(seed)],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in rows}
+    for repeat in range(repeats):
+        for index, (name, argv) in enumerate(rows.items()):
+            process = run_process(argv, out / "logs" / f"stage-two-{index}-{repeat}.log")
+            walls[name].append(process.wall)
+            print(f"  {name}: {process.wall:.2f} s", flush=True)
+    return walls
+
+
+def goals(walls: dict[str, list[float]]) -> list[tuple[str, float, float]]:
+    median = {name: statistics.median(values) for name, values in walls.items()}
+    logreg, sweep, dense, plain = median.values()
+    figures = (logreg, dense / plain, sweep / logreg)
+    return [(goal, figure, target) for (goal, target), figure in zip(GOALS, figures)]
+
+
+def report(walls: dict[str, list[float]], machine: str) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=160)
+    table = Table(title=f"stage two, whole processes, {machine}", show_edge=False)
+    for column in ("command", "min s", "median s", "max s"):
+        table.add_column(column, justify="left" if column == "command" else "right")
+    for name, values in walls.items():
+        table.add_row(name, f"{min(values):.2f}", f"{statistics.median(values):.2f}", f"{max(values):.2f}")
+    console.print(table)
+    results = goals(walls)
+    table = Table(title="goals (medians of this run)", show_edge=False)
+    for column in ("goal", "figure", "target", "met"):
+        table.add_column(column, justify="left" if column == "goal" else "right")
+    for goal, figure, target in results:
+        table.add_row(goal, f"{figure:.2f}", f"<= {target:g}", "yes" if figure <= target else "NO")
+    console.print(table)
+    return {
+        "machine": machine,
+        "walls": walls,
+        "goals": [{"goal": goal, "figure": figure, "target": target, "met": figure <= target} for goal, figure, target in results],
+    }
+
+
+def machine() -> str:
+    from bench.throughput import device
+
+    facts = device()
+    return f"{facts['name']}, {facts['cores']} cores, {'AMX' if facts['amx'] else 'no AMX'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stage_two", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row (default 3)")
+    parser.add_argument("--out", default="bench-out", help="folder for the caches, runs, logs and stage-two.json")
+    parser.add_argument("--plain", metavar="CACHE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.plain:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        plain_keras(Path(args.plain))
+        return 0
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    walls = measure(out, args.repeats)
+    results = report(walls, machine())
+    (out / "stage-two.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{out / 'stage-two.json'} written; whole run {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""What a ``--set`` sweep of a Keras head does once rather than per run."""
+
+from __future__ import annotations
+
+import json
+
+from classifiers import keras_head
+from pipeline.cli import main
+
+
+def test_a_sweep_standardises_its_features_once_with_the_same_statistics(digits_cache, tmp_path, monkeypatch):
+    calls = []
+    measure = keras_head.channel_stats
+
+    def counted(blocks):
+        calls.append(1)
+        return measure(blocks)
+
+    monkeypatch.setattr(keras_head, "channel_stats", counted)
+    argv = ["train", str(digits_cache), "--head", "gap", "--runs-dir", str(tmp_path), "--set", "verbose=0"]
+    assert main([*argv, "--set", "epochs=1,2", "--name", "sweep"]) == 0
+    assert len(calls) == 1
+    assert main([*argv, "--set", "epochs=2", "--name", "alone"]) == 0
+    swept, alone = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("sweep-epochs=2", "alone"))
+    assert swept == alone
