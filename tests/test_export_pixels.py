@@ -1,4 +1,5 @@
-"""The exported model sees the pixels training saw: photo-sized JPEGs of several aspect ratios, resized in the graph."""
+"""The exported model sees the pixels training saw: photo-sized JPEGs of several aspect ratios, resized in the
+graph (close to stage one) or decoded by ``serving_image`` at the recipe's size (stage one's own pixels)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def serve(root: Path, resize: str) -> dict:
     assert main(["export", "lr", str(root / "lr.keras"), "--runs-dir", str(root / "runs")]) == 0
     model = keras.saving.load_model(root / "lr.keras")
     results = {"expected": expected, "paths": [row["path"] for row in rows]}
-    for name, size in (("full", None), ("reduced", 64)):
+    for name, size in (("full", None), ("stage_one", 64)):
         arrays = [serving_image(row["path"], size, resize)[None] for row in rows]
         results[name] = np.concatenate([keras.ops.convert_to_numpy(model.predict(a, verbose=0)) for a in arrays])
     return results
@@ -50,17 +51,19 @@ def served(request, tmp_path_factory) -> dict:
     return {"resize": request.param, **serve(tmp_path_factory.mktemp(f"export-{request.param}"), request.param)}
 
 
-# stretch matches within 0.01 from full-size pixels; crop's centred window is whole pixels in the graph and
-# fractional in Pillow, which costs up to a few hundredths (measured 0.035 without the reduced decode).
-TOLERANCE = {"stretch": 0.01, "crop": 0.05}
+# Full-size pixels resized in the graph are close, not equal: no draft scale, float passes (measured 0.0103 with
+# stretch, on a 480x360 JPEG stage one decodes at 1/4); crop's centred window is whole pixels in the graph and
+# fractional in Pillow, which costs up to a few hundredths.
+# Stage one's own pixels match but for float16 storage's rounding in batches of another size (about 1e-4).
+TOLERANCE = {("full", "stretch"): 0.02, ("full", "crop"): 0.05, ("stage_one", "stretch"): 1e-4, ("stage_one", "crop"): 1e-4}
 
 
-@pytest.mark.parametrize("decoded", ["full", "reduced"])
+@pytest.mark.parametrize("decoded", ["full", "stage_one"])
 def test_exported_probabilities_match_predict(served, decoded):
     difference = np.abs(served[decoded] - served["expected"]).max(axis=1)
-    assert difference.max() < TOLERANCE[served["resize"]], dict(zip(served["paths"], difference.round(4)))
+    assert difference.max() <= TOLERANCE[decoded, served["resize"]], dict(zip(served["paths"], difference.round(5)))
 
 
-@pytest.mark.parametrize("decoded", ["full", "reduced"])
+@pytest.mark.parametrize("decoded", ["full", "stage_one"])
 def test_exported_model_picks_the_same_class_for_every_image(served, decoded):
     assert (served[decoded].argmax(axis=1) == served["expected"].argmax(axis=1)).all()

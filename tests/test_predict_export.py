@@ -103,3 +103,18 @@ def test_predict_and_export_refuse_bad_input(runs, tmp_path, capsys):
     assert main(["predict", str(moved), str(image), "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert "the head takes features of shape (1, 1, 512)" in err and "(2, 2, 512)" in err
+
+
+def test_predict_says_in_one_line_when_the_runs_gpu_decoder_cannot_run_here(runs, tmp_path, capsys):
+    paths, _, _, data_root, _ = run_predictions(runs / "logreg")
+    moved = tmp_path / "gpu-decoded"
+    shutil.copytree(runs / "logreg", moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["cache"]["recipe"]["decoder"] = "torchvision-0.21.0-cuda"
+    (moved / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(moved), str(data_root / paths[0]), "--out", str(out)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "torchvision-0.21.0-cuda" in notes[0] and "cannot run here" in notes[0], notes
+    assert main(["export", str(moved), str(tmp_path / "m.keras")]) == 0
+    assert "decode with Pillow" in capsys.readouterr().out

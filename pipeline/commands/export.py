@@ -32,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
     out = export(model, args.out)
     print(f"{out}: {model.recipe.backbone} and the {type(model.head).name} head of {model.run_dir.name}, "
           f"uint8 images in, {len(model.class_names)} class probabilities out")
+    if model.recipe.decoder != "pillow":
+        print(f"note: the run's features were decoded by {model.recipe.decoder}; the model and its helpers "
+              "(serving_image, predict_encoded) decode with Pillow, so probabilities may differ slightly from the run's")
     return 0

@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=None,
+        help="decompression-bomb limit in pixels, as given to extract (default: Pillow's, about 89 million)",
+    )
     parser.add_argument("--top", type=int, default=20, help="rows printed (default 20)")
     parser.add_argument(
         "--include-seen", action="store_true",
@@ -33,15 +37,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.extraction.images import DEFAULT_MAX_PIXELS
     from pipeline.serving.predict import load_run_model, run_predict
 
     if args.batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise PipelineError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     check_output_file(args.out, "--out")
     model = load_run_model(args.run_ref, args.runs_dir, args.weights)
-    result = run_predict(model, args.images, args.out, args.batch_size, args.workers, include_seen=args.include_seen)
+    result = run_predict(model, args.images, args.out, args.batch_size, args.workers, include_seen=args.include_seen,
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
     print_predictions(result, args.top)
     if not result.paths:
         first = result.skipped[0]
@@ -58,6 +66,8 @@ def print_predictions(result, top: int) -> None:
     from pipeline.commands.output import make_console
 
     console = make_console()
+    for note in result.notes:
+        console.print(f"note: {note}", soft_wrap=True)
     table = Table(show_edge=False)
     for column in ("path", "predicted", "confidence"):
         table.add_column(column)

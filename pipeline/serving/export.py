@@ -2,27 +2,36 @@
 
 The exported graph is resize -> round to 8-bit pixels -> the backbone's own
 preprocessing and frozen layers -> the cache's storage dtype -> the run's head, so it
-computes what ``extract`` then the head computed. Resizing runs in the graph with the
-recipe's interpolation, centre crop for ``resize=crop``, and antialiasing when it shrinks,
-as Pillow's resize does; so callers may pass any height and width and get what training
-saw (within JPEG draft decoding's rounding: pass images already at the recipe's size for
-bit-for-bit agreement). The model sees pixels as given: apply the EXIF orientation first,
-as :func:`serving_image` does. Load it with ``import pipeline.serving.export`` first: that
-registers the custom layers (``keras.saving.load_model(path)``).
+computes what ``extract`` then the head computed. Pixels at the recipe's size pass the
+resize unchanged: fed stage one's own pixels (:func:`serving_image` with the recipe's size,
+or :func:`predict_encoded` on a file's bytes) the model gives ``predict``'s probabilities for
+every kind of file. Other sizes are resized in the graph with the recipe's interpolation,
+centre crop and Pillow-like antialiasing, which is close to stage one but not equal (no JPEG
+draft scale, float instead of Pillow's fixed-point passes): measured in ``bench/serving_parity.py``.
+Load it with ``import pipeline.serving.export`` first: that registers the custom layers
+(``keras.saving.load_model(path)``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from features_cache import atomic
 from pipeline.errors import PipelineError, check_output_file
 from pipeline.extraction.backbones import CastTo
+from pipeline.serving.pixels import (
+    SPEC_LAYER,
+    StageOneSpec,
+    predict_encoded,
+    serving_image,
+    serving_pixels,
+    serving_spec,
+)
 from pipeline.serving.predict import RunModel
+
+__all__ = ["build_serving_model", "export", "predict_encoded", "serving_image", "serving_pixels", "serving_spec"]
 
 # Pillow's filters by the names keras.layers.Resizing knows.
 KERAS_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "lanczos3", "nearest": "nearest", "area": "area"}
@@ -50,6 +59,7 @@ def build_serving_model(model: RunModel) -> keras.Model:
     recipe = model.recipe
     size = recipe.image_size
     inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
+    spec = StageOneSpec(size, recipe.resize, recipe.interpolation, recipe.decoder, name=SPEC_LAYER)(inputs)
     resized = keras.layers.Resizing(
         size,
         size,
@@ -58,7 +68,7 @@ def build_serving_model(model: RunModel) -> keras.Model:
         antialias=recipe.interpolation != "nearest",
         dtype="float32",
         name="resize",
-    )(keras.ops.cast(inputs, "float32"))
+    )(keras.ops.cast(spec, "float32"))
     pixels = RoundPixels(name="round_pixels")(resized)
     extractor = model.backbone.model
     x = pixels
@@ -68,23 +78,6 @@ def build_serving_model(model: RunModel) -> keras.Model:
     head = model.head.to_keras()
     probabilities = head(features)
     return keras.Model(inputs, probabilities, name=f"{recipe.backbone}_{type(model.head).__name__.lower()}")
-
-
-def serving_image(path: str | os.PathLike, image_size: int | None = None, resize: str = "stretch") -> np.ndarray:
-    """A file as the exported model takes it: uint8 RGB, EXIF orientation applied, transparency on
-    stage one's background. With the recipe's ``image_size`` and ``resize="stretch"``, a large JPEG is
-    decoded at a reduced scale as stage one decodes it (closer still to training's pixels). For ``crop``
-    it is decoded whole: the graph crops whole pixels where Pillow crops fractions, a difference that
-    only vanishes at full size. The model resizes."""
-    from PIL import Image
-
-    from pipeline.extraction.images import apply_exif_orientation, reduce_jpeg, to_rgb
-
-    with Image.open(path) as image:
-        if image_size is not None and resize == "stretch":
-            reduce_jpeg(image, image_size, resize)
-        image.load()
-        return np.asarray(to_rgb(apply_exif_orientation(image)), dtype=np.uint8)
 
 
 def export(model: RunModel, out: str | Path) -> Path:

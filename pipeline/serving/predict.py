@@ -3,7 +3,10 @@
 The backbone is rebuilt from the recipe stored with the run (backbone, image size,
 precision, storage dtype, resize, interpolation) and its weights are checked against
 the recipe's hash, so a head never scores features from another extractor. Decoding
-uses stage one's loader: parallel, bounded, and bad files reported rather than fatal.
+uses stage one's loader with the recipe's resize and interpolation (parallel, bounded, bad
+files reported rather than fatal), and the recipe's decoder: a run whose features the GPU
+decoded is scored with the GPU decoder where it runs, and with Pillow and a one-line note
+where it does not (its pixels differ slightly from the GPU's).
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from features_cache.records import SkippedFile
-from features_cache.schema import Recipe
+from features_cache.schema import PILLOW, Recipe
 from pipeline.errors import PipelineError
 from pipeline.extraction.backbones import Backbone, build_backbone
-from pipeline.extraction.images import ResizeSpec
-from pipeline.extraction.loader import LoadTask, iter_batches
+from pipeline.extraction.images import DEFAULT_MAX_PIXELS, ResizeSpec
+from pipeline.extraction.loader import DecodedBatch, LoadTask, iter_batches
 from pipeline.extraction.sources import candidate_files
 from pipeline.training.runs import CONTENT_KEY_DIGITS, TRAIN_CONTENT, load_run_config, resolve_run, write_predictions
 
@@ -52,6 +56,7 @@ class PredictResult:
     skipped: list[SkippedFile]
     seconds: float
     seen: list[bool] = dataclasses.field(default_factory=list)  # per path: the run trained on this content
+    notes: list[str] = dataclasses.field(default_factory=list)  # one line each, e.g. another decoder than the run's
 
 
 def run_recipe(run_dir: Path, config: dict) -> Recipe:
@@ -131,6 +136,36 @@ def find_images(arguments: list[str]) -> list[LoadTask]:
     return tasks
 
 
+def recipe_decoding(recipe: Recipe, spec: ResizeSpec) -> tuple[bool, str | None]:
+    """Whether to decode on the device as the run's cache was, and a line to show when the pixels cannot be the run's."""
+    if recipe.decoder == PILLOW:
+        return False, None
+    from pipeline.extraction import device_decode
+
+    reason = device_decode.unavailable(spec)
+    if reason:
+        return False, (
+            f"the run's features were decoded by {recipe.decoder}, which cannot run here ({reason}); "
+            "Pillow decodes these images, so probabilities may differ slightly from the run's"
+        )
+    here = device_decode.decoder_label()
+    if here != recipe.decoder:
+        return True, f"the run's features were decoded by {recipe.decoder}, these images by {here}"
+    return True, None
+
+
+def decoded_batches(
+    tasks: list[LoadTask], recipe: Recipe, spec: ResizeSpec, batch_size: int, workers: int | None
+) -> tuple[Iterator[DecodedBatch], str | None]:
+    """Batches decoded as the run's cache was (Pillow or the device decoder), and the note :func:`recipe_decoding` gives."""
+    on_device, note = recipe_decoding(recipe, spec)
+    if not on_device:
+        return iter_batches(tasks, spec, batch_size, workers), note
+    from pipeline.extraction.device_decode import iter_device_batches
+
+    return iter_device_batches(tasks, spec, batch_size, workers), note
+
+
 def run_predict(
     model: RunModel,
     images: list[str],
@@ -138,19 +173,22 @@ def run_predict(
     batch_size: int = 32,
     workers: int | None = None,
     include_seen: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PredictResult:
     """Score ``images`` and write ``out``: ``path,predicted,confidence,p_<class>...``.
 
     Images with the content of the run's training images (under any name) are refused, since
     their predictions say nothing of how the run does on new images; ``include_seen`` scores
-    them and marks them in a ``seen_in_training`` column.
+    them and marks them in a ``seen_in_training`` column. ``max_pixels`` is the decompression-bomb
+    limit (``extract --max-pixels``); it decides which files are read, never their pixels.
     """
     started = time.perf_counter()
     tasks = find_images(images)
     recipe = model.recipe
-    spec = ResizeSpec(recipe.image_size, recipe.resize, recipe.interpolation)
+    spec = ResizeSpec(recipe.image_size, recipe.resize, recipe.interpolation, max_pixels)
+    batches, note = decoded_batches(tasks, recipe, spec, batch_size, workers)
     paths, parts, skipped, seen = [], [], [], []
-    for batch in iter_batches(tasks, spec, batch_size, workers):
+    for batch in batches:
         skipped.extend(batch.skipped)
         if batch.count:
             features = model.backbone.features(batch.images)[: batch.count]
@@ -164,7 +202,8 @@ def run_predict(
             "remove them, or pass --include-seen to mark them in a seen_in_training column"
         )
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(model.class_names)))
-    result = PredictResult(Path(out), model.class_names, paths, probabilities, skipped, time.perf_counter() - started, seen)
+    result = PredictResult(Path(out), model.class_names, paths, probabilities, skipped, time.perf_counter() - started, seen,
+                           [note] if note else [])
     write_predictions(
         result.out, result.paths, result.probabilities, result.class_names, seen=seen if include_seen else None
     )
