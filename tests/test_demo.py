@@ -19,5 +19,5 @@ def test_demo_runs_a_small_stratified_subset_and_prints_next_steps(tmp_path):
     assert out.splitlines()[0].startswith("NOTE: this demo runs on SEEDED RANDOM weights")
     assert sorted(len(list(folder.iterdir())) for folder in (tmp_path / "d").iterdir()) == [4] * 10
     assert "errors: " in out
-    assert out.rstrip().splitlines()[-5].strip().startswith("make train-head HEAD=dense")
+    assert out.rstrip().splitlines()[-5].strip().startswith("make train-head CACHE=c/digits.h5 RUNS_DIR=r HEAD=dense")
     assert Path(tmp_path / "c" / "digits.h5").is_file()

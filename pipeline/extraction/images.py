@@ -149,7 +149,7 @@ def decoded(
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > spec.max_pixels:
-                raise ImageReadError(bomb_reason(f"{width}x{height} pixels", spec.max_pixels))
+                raise ImageReadError(bomb_reason(f"{width}x{height} ({width * height:,}) pixels", spec.max_pixels))
             reduce_jpeg(image, spec.size, spec.resize)
             with budget.reserve(decoded_bytes(image)) if budget else contextlib.nullcontext():
                 image.load()
