@@ -49,7 +49,8 @@ def snapshot(cache_path: Path) -> dict:
             "classes": cache.class_names,
             "splits": cache.splits.tolist(),
             "features": cache.features(),
-            "skipped": cache.skipped(),
+            # what the cache says of each skip; stamps name inodes, which a copied data folder changes
+            "skipped": [(item.path, item.reason, item.depends_on) for item in cache.skipped()],
         }
 
 
