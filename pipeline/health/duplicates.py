@@ -52,6 +52,11 @@ def ordinary_similarity(unit: np.ndarray, threshold: float, k: int = NEIGHBOUR) 
     return out
 
 
+def _stands_out(pair: Pair, ordinary: np.ndarray, gap: float) -> bool:
+    """The feature rule: the pair beats both images' ordinary neighbours by ``gap``."""
+    return pair.similarity - max(ordinary[pair.a], ordinary[pair.b]) >= gap
+
+
 def similar_pairs(
     unit: np.ndarray, threshold: float, rows: np.ndarray | None = None, among: np.ndarray | None = None, gap: float = GAP
 ) -> list[Pair]:
@@ -73,7 +78,7 @@ def similar_pairs(
         for i, j in np.argwhere(similarity >= threshold):
             a, b = int(block[i]), int(among[j])
             value = float(similarity[i, j])
-            if a != b and value - max(ordinary[a], ordinary[b]) >= gap:
+            if a != b and _stands_out(Pair(a, b, value), ordinary, gap):
                 key = (min(a, b), max(a, b))
                 pairs[key] = max(pairs.get(key, -1.0), value)
     return [Pair(a, b, s) for (a, b), s in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))]
@@ -165,7 +170,7 @@ def near_duplicates(
             confirmed.append(Pair(a, b, value))
     if unreadable:
         ordinary = ordinary_similarity(unit, threshold)
-        confirmed += [p for p in unreadable if p.similarity - max(ordinary[p.a], ordinary[p.b]) >= GAP]
+        confirmed += [p for p in unreadable if _stands_out(p, ordinary, GAP)]
     return sorted([*exact, *confirmed], key=lambda p: (-p.similarity, p.a, p.b))
 
 

@@ -27,13 +27,21 @@ def leaked_rows(
     return np.array(sorted({p.a if p.a in held else p.b for p in pairs}), dtype=np.int64)
 
 
-def leakage_notes(cache: FeatureCache, splits: np.ndarray, threshold: float = duplicates.DEFAULT_THRESHOLD) -> list[str]:
-    """One warning line per held-out split with images whose near-duplicate is in train."""
+def leakage_notes(
+    cache: FeatureCache,
+    splits: np.ndarray,
+    threshold: float = duplicates.DEFAULT_THRESHOLD,
+    unit: np.ndarray | None = None,
+    thumbnails: Thumbnails | None = None,
+) -> list[str]:
+    """One warning line per held-out split with images whose near-duplicate is in train.
+
+    ``unit`` and ``thumbnails`` are the cache's embeddings and thumbnails when the caller has them already."""
     if len(cache) > MAX_IMAGES or len(cache) < 2:
         return []
-    unit = unit_rows(pooled(cache))
+    unit = unit_rows(pooled(cache)) if unit is None else unit
     hashes = [record.content_hash for record in cache.records()]
-    thumbnails = Thumbnails(cache.data_root, cache.paths)
+    thumbnails = Thumbnails(cache.data_root, cache.paths) if thumbnails is None else thumbnails
     train = np.flatnonzero(splits == "train")
     notes = []
     for split in ("val", "test"):

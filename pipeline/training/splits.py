@@ -260,19 +260,37 @@ def write_memory(
     return None
 
 
-def near_duplicate_twins(cache: FeatureCache, keys: Sequence[str]) -> list[list[str]]:
+class _Embeddings:
+    """The cache's pooled embeddings and thumbnails, read once for both the twins and the leakage check,
+    and only on caches small enough for them (None above ``MAX_IMAGES``)."""
+
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
+        self._loaded: tuple | None = None
+
+    def get(self) -> tuple | None:
+        from pipeline.health.embeddings import pooled, unit_rows
+        from pipeline.health.leakage import MAX_IMAGES
+        from pipeline.health.pixels import Thumbnails
+
+        if len(self.cache) > MAX_IMAGES or len(self.cache) < 2:
+            return None
+        if self._loaded is None:
+            self._loaded = (unit_rows(pooled(self.cache)), Thumbnails(self.cache.data_root, self.cache.paths))
+        return self._loaded
+
+
+def near_duplicate_twins(embeddings: _Embeddings, keys: Sequence[str]) -> list[list[str]]:
     """Content keys of near-duplicate groups by the audit's rule (re-encoded, resized, cropped copies),
     on caches small enough for the leakage check; a group whose images are one content is left out."""
     from pipeline.health import duplicates
-    from pipeline.health.embeddings import pooled, unit_rows
-    from pipeline.health.leakage import MAX_IMAGES
-    from pipeline.health.pixels import Thumbnails
 
-    if len(cache) > MAX_IMAGES or len(cache) < 2:
+    loaded = embeddings.get()
+    if loaded is None:
         return []
-    unit = unit_rows(pooled(cache))
-    pairs = duplicates.near_duplicates(unit, list(keys), Thumbnails(cache.data_root, cache.paths))
-    groups = duplicates.groups(pairs, len(cache))
+    unit, thumbnails = loaded
+    pairs = duplicates.near_duplicates(unit, list(keys), thumbnails)
+    groups = duplicates.groups(pairs, len(unit))
     return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
 
 
@@ -303,7 +321,8 @@ def plan_cache_splits(
     key_of_path = dict(zip(cache.paths, keys))
     remembered = read_memory(memory, fractions, key_of_path)
     undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
-    twins = near_duplicate_twins(cache, keys) if undecided else []  # only new images are placed by their twins
+    embeddings = _Embeddings(cache)
+    twins = near_duplicate_twins(embeddings, keys) if undecided else []  # only new images are placed by their twins
     plan, decisions = plan_splits(
         cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins, require_train=for_training
     )
@@ -320,7 +339,8 @@ def plan_cache_splits(
     if check_leakage:
         from pipeline.health.leakage import leakage_notes
 
-        plan.notes.extend(leakage_notes(cache, plan.splits))
+        unit, thumbnails = embeddings.get() or (None, None)
+        plan.notes.extend(leakage_notes(cache, plan.splits, unit=unit, thumbnails=thumbnails))
     if not for_training:
         return plan
     for split in ("train", "val"):
