@@ -52,8 +52,29 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+def _in_utf8_mode() -> None:
+    """Run the command again in Python's UTF-8 mode when the locale decodes file names otherwise.
+
+    Under ``PYTHONUTF8=0`` with an ASCII or Latin-1 locale, ``café/`` would be read as another
+    name (or none): the same folder would then give other class names and paths than elsewhere.
+    """
+    if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", "-m", "pipeline", *sys.argv[1:]])
+
+
+def _printable_anywhere() -> None:
+    """Let every line reach the terminal whatever the locale: a class named ``café`` under an ASCII
+    locale (``LC_ALL=C PYTHONUTF8=0``) is written ``caf\\xe9`` instead of ending the command."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        _in_utf8_mode()
     quiet.quiet_start()
+    _printable_anywhere()
     args = build_parser().parse_args(argv)
     if args.verbose:
         quiet.uninstall()

@@ -135,3 +135,20 @@ def test_a_real_process_shows_no_traceback_and_no_tensorflow_chatter(world):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert loud.returncode == 0 and "oneDNN" in loud.stderr  # --verbose shows TensorFlow's own lines again
+
+
+def test_weights_of_another_backbone_give_one_line_not_keras_warnings(world, tmp_path):
+    """Keras warns once per layer it cannot fill (about a hundred lines for ResNet50) and may leave them random."""
+    import keras
+
+    weights = tmp_path / "vgg16.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "extract", str(world["data"]), "--cache", str(tmp_path / "r.h5"),
+         "--backbone", "resnet50", "--weights", str(weights), "--image-size", "32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, lines[:5]
+    assert lines[0].startswith("error: --weights") and "ResNet50(include_top=False)" in lines[0], lines[0]
+    assert not (tmp_path / "r.h5").exists()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -291,6 +293,9 @@ def _weights_help(name: str, spec: BackboneSpec, image_size: int) -> str:
     )
 
 
+_LEFT_UNLOADED = re.compile(r"no matching group|could not be loaded|retain their freshly-initialized|Skipping variable loading", re.I)
+
+
 def _build_base(name: str, spec: BackboneSpec, weights: str, image_size: int, seed: int) -> tuple[keras.Model, str]:
     """The bare ``include_top=False`` model and a description of where its weights came from."""
     shape = (image_size, image_size, 3)
@@ -311,13 +316,24 @@ def _build_base(name: str, spec: BackboneSpec, weights: str, image_size: int, se
         raise PipelineError(
             f"--weights {weights}: no such file; pass 'imagenet', 'none' or the path of a {name} weights .h5 file"
         )
-    try:
-        return constructor(include_top=False, weights=str(path), input_shape=shape), str(path.resolve())
-    except Exception as error:  # noqa: BLE001 - h5py and keras raise many kinds on a bad file
+    fix = f"pass a weights file saved from keras.applications.{spec.constructor}(include_top=False)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = constructor(include_top=False, weights=str(path), input_shape=shape)
+        except Exception as error:  # noqa: BLE001 - h5py and keras raise many kinds on a bad file
+            raise PipelineError(
+                f"--weights {path}: cannot load it into {name} include_top=False ({str(error).splitlines()[0][:200]}); {fix}"
+            ) from None
+    skipped = [w for w in caught if _LEFT_UNLOADED.search(str(w.message))]
+    if skipped:
         raise PipelineError(
-            f"--weights {path}: cannot load it into {name} include_top=False ({str(error).splitlines()[0][:200]}); "
-            f"pass a weights file saved from keras.applications.{spec.constructor}(include_top=False)"
-        ) from None
+            f"--weights {path}: {len(skipped)} parts of {name} found no weights in it and would stay random "
+            f"({str(skipped[0].message).splitlines()[0][:120]}); {fix}"
+        )
+    for other in caught:
+        warnings.showwarning(other.message, other.category, other.filename, other.lineno)
+    return model, str(path.resolve())
 
 
 def build_backbone(

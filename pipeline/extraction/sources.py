@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -70,10 +71,23 @@ def printable(name: str) -> str:
 
 
 def is_utf8(name: str) -> bool:
+    """Whether ``name`` can be stored as UTF-8 text; raises when only the locale stands in the way.
+
+    Under an ASCII locale with UTF-8 mode off (``LC_ALL=C PYTHONUTF8=0``) Python cannot decode a
+    valid UTF-8 name such as ``café``: calling it invalid would leave the folder out for no fault
+    of its own.
+    """
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return False
+        try:
+            os.fsencode(name).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        raise PipelineError(
+            f"{printable(name)}: Python reads file names as {sys.getfilesystemencoding()} in this locale, so it "
+            "cannot read this UTF-8 name; run with PYTHONUTF8=1 or a UTF-8 locale (e.g. LC_ALL=C.UTF-8)"
+        ) from None
     return True
 
 
