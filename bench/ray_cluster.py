@@ -76,9 +76,8 @@ def _cluster(nodes: int):
     return cluster, time.perf_counter() - started
 
 
-def measure(n: int, size: int, batch: int, node_counts: list[int], out: Path) -> list[dict]:
+def measure(data: Path, n: int, size: int, batch: int, node_counts: list[int], out: Path) -> list[dict]:
     """The local engine, then Ray on each node count, on the same ``n`` images, one after the other."""
-    data = dataset(out, n)
     rows = []
     for nodes in [0, *node_counts]:
         name = f"ray-bench-{nodes}-nodes-{n}" if nodes else f"ray-bench-local-{n}"
@@ -190,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = [row for n in args.n for row in measure(n, args.size, args.batch, args.nodes, out)]
+    folders = {n: dataset(out, n) for n in args.n}  # generated on a process pool before any cluster runs
+    rows = [row for n in args.n for row in measure(folders[n], n, args.size, args.batch, args.nodes, out)]
     one_node = sorted((row for row in rows if row["nodes"] == min(args.nodes)), key=lambda row: row["n"])
     plan = projection(one_node[0] if len(one_node) > 1 else None, one_node[-1])
     report(rows, plan, args.size, args.batch)
