@@ -1,7 +1,9 @@
 """``extract --engine ray`` on a local Ray cluster: the same cache as one machine, incremental, resumable.
 
 One local Ray (2 CPUs) serves the module; runs in this process join it. The killed-driver
-run is a separate process that starts its own local cluster, as a user's command would.
+run is a separate process that starts its own local cluster, as a user's command would. The
+lost-node run has a cluster of its own: a head that runs nothing and two worker nodes, one of
+which is killed, raylet and workers at once, as a machine that loses power.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import h5py
 import pytest
 from image_factory import truncated_jpeg
 from test_extract import assert_same_cache, options, snapshot
@@ -29,9 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 ON_RAY = {"engine": "ray", "workers": 2}
 
 
+QUIET = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, **QUIET)
     yield
     ray.shutdown()
 
@@ -133,3 +141,57 @@ def test_the_single_machine_path_never_imports_ray(data, weights_file, tmp_path)
     )
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def three_nodes(local_ray):
+    """A head that only coordinates and two 2-CPU worker nodes (they share this machine's cores)."""
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    small = {"object_store_memory": 100 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **small})
+    workers = [cluster.add_node(num_cpus=2, **small) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+    ray.init(num_cpus=2, **QUIET)
+
+
+def _kill_a_model_node_after(shards: int, cache: Path, cluster, workers, killed: list) -> None:
+    """Once ``shards`` shards are on disk, kill the worker node that holds a model actor, without warning."""
+    folder = schema.shards_dir(cache)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(folder.glob("shard-*.h5"))) < shards:
+        time.sleep(0.05)
+    # the GCS's actor table (Ray's state API needs the dashboard, which this cluster does not run)
+    actors = ray._private.state.actors().values()
+    hosts = {a["Address"]["NodeID"] for a in actors if "FeatureActor" in a["ActorClassName"] and a["State"] == "ALIVE"}
+    victim = next(node for node in workers if node.node_id in hosts)
+    killed.append(len(list(folder.glob("shard-*.h5"))))
+    cluster.remove_node(victim, allow_graceful=False)
+
+
+def test_a_run_that_loses_a_worker_node_finishes_on_the_rest(three_nodes, data, reference, weights_file, tmp_path, capfd):
+    cluster, workers = three_nodes
+    cache = tmp_path / "features.h5"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_model_node_after, args=(2, cache, cluster, workers, killed), daemon=True)
+    killer.start()
+    try:
+        report = run_extract(options(data, cache, weights_file, **ON_RAY))
+    except PipelineError as error:  # the other allowed outcome: one line, then the next run resumes
+        assert "\n" not in str(error)
+        report = None
+    killer.join(timeout=60)
+    assert killed and killed[0] < 15, "a node died while shards were still to write (60 images, 4 a shard)"
+    assert "Traceback" not in capfd.readouterr().err
+    if report is not None:
+        assert report.extracted == 60
+    again = run_extract(options(data, cache, weights_file, **ON_RAY))
+    assert again.extracted + again.kept == 60 and (report is None or again.extracted == 0)
+    assert_same_cache(snapshot(cache), reference)
+    live = {path.name for path in schema.shards_dir(cache).glob("shard-*.h5")}
+    with h5py.File(cache, "r") as index:
+        assert live == {Path(name).name for name in index[schema.SHARDS]["files"].asstr()[:]}, "no orphan is left"

@@ -8,6 +8,11 @@ An actor that can see the cache's shard folder (it finds the random token the dr
 left there) writes its shards itself and sends back only their names; an actor that
 cannot sends the features back, and the driver writes them. The driver then commits one
 index, as a single-machine run does; a killed run leaves shards the next run adopts.
+
+A worker node that dies mid-run costs only its batches in flight: Ray Data restarts the
+actors and retries the tasks it held on the nodes left (without limit), so the run finishes
+there; a shard the dead node wrote but never reported is no part of the commit, whose
+garbage collection deletes it.
 """
 
 from __future__ import annotations
