@@ -14,9 +14,10 @@ from image_factory import photo
 from PIL import Image
 
 from features_cache.reader import FeatureCache
-from pipeline.analysis.audit import run_audit
+from pipeline.analysis.audit import head_estimator, run_audit
 from pipeline.cli import main
 from pipeline.demo_data import CLASS_NAMES, write_digits
+from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
 from pipeline.health import duplicates, labels, outliers
 
@@ -175,6 +176,31 @@ def test_confident_learning_by_the_book():
     assert labels.label_issues(probabilities, given).tolist() == [False, False, False, False, False]
     given[3] = 0  # [0.2, 0.8] labelled 0: p1 = 0.8 passes class 1's threshold
     assert labels.label_issues(probabilities, given)[3]
+
+
+def test_the_joint_counts_the_errors_and_the_ranking_picks_them():
+    """As many flags as the confident joint's off-diagonal, given to the lowest-ranked images."""
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55], [0.1, 0.9]])
+    given = np.array([0, 0, 1, 1, 0, 0])  # row 5 passes class 1's threshold: one off-diagonal entry
+    assert labels.label_issues(probabilities, given).sum() == 1
+    scores = labels.ranking_scores(probabilities, given, "self_confidence")
+    assert labels.lowest_flagged(probabilities, given, scores).tolist() == [False, False, False, False, False, True]
+    scores[4] = -1.0  # a ranking that puts row 4 first moves the one flag there
+    assert labels.lowest_flagged(probabilities, given, scores).tolist() == [False, False, False, False, True, False]
+
+
+def test_the_audit_logreg_judges_directions_not_lengths():
+    """Rows scaled by any factor get the same out-of-fold probabilities; a pooling setting is refused."""
+    rng = np.random.default_rng(0)
+    X = np.abs(np.concatenate([rng.normal(m, 1.0, (30, 16)) for m in (0.0, 2.0, 4.0)])).astype(np.float32)
+    y = np.repeat(np.arange(3), 30)
+    estimator = head_estimator("logreg", {})
+    plain = labels.out_of_fold_probabilities(X, y, estimator, 3, 0)
+    scaled = labels.out_of_fold_probabilities(X * rng.uniform(0.1, 10.0, (90, 1)).astype(np.float32), y, estimator, 3, 0)
+    np.testing.assert_allclose(plain, scaled, atol=0.02)  # to the solver's tolerance
+    assert head_estimator("logreg", {"C": 0.5}).get_params()["logreg__logisticregression__C"] == 0.5
+    with pytest.raises(PipelineError, match="--set pooling"):
+        head_estimator("logreg", {"pooling": "max"})
 
 
 def test_duplicate_groups_and_the_split_flag():

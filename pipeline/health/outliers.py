@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-K = 10
-Z_THRESHOLD = 5.0
+K = 5
+Z_THRESHOLD = 4.0
 FOLDS = 5
 
 
