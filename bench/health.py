@@ -1,6 +1,6 @@
 """Measure the dataset-health checks on real photos with planted problems, as a user meets them.
 
-    python -m bench.health --weights /tmp/vgg16_real.weights.h5 [--weights none] [--size 224] [--out bench-out/health]
+    python -m bench.health --weights /tmp/vgg16_real.weights.h5 [--weights none] [--size 224] [--seed 0] [--out bench-out/health]
 
 Classes are tiles of real sample photos (bench/real_photos.py): textures, a retina, a star
 field, a cat, coffee, where every image has look-alikes, and ``misc``, where images vary a
@@ -154,14 +154,14 @@ def score_labels(audit: Path, flips: list[str], foreign: list[str]) -> dict[str,
     }
 
 
-def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, object]:
+def measure(out: Path, weights: str, size: int, planted: bool, seed: int = 0) -> dict[str, object]:
     """Build, plant, extract and audit in ``out``. The cache stays between runs: extraction skips images
     whose bytes it already holds, so only changed or new images are extracted again."""
     data = out / "data"
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(out / "audit", ignore_errors=True)
     made = build_classes(data)
-    truth = plant(data, made) if planted else {"copies": [], "flips": [], "foreign": []}
+    truth = plant(data, made, seed) if planted else {"copies": [], "flips": [], "foreign": []}
     (out / "planted.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     cache = out / "cache.h5"
     extract_seconds = run(["extract", str(data), "--cache", str(cache), "--weights", weights, "--image-size", str(size)])
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", action="append", help="backbone weights (repeat for several; default none)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="bench-out/health")
+    parser.add_argument("--seed", type=int, default=0, help="which images are copied, flipped and where foreign files go (default 0)")
     parser.add_argument("--synthetic", type=int, default=0, help="only time the sections on this many synthetic codes")
     args = parser.parse_args(argv)
     if args.synthetic:
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "random" if weights == "none" else Path(weights).name
         for planted in (True, False):
             key = f"{name} {'planted' if planted else 'clean'}"
-            results[key] = measure(Path(args.out) / key.replace(" ", "-"), weights, args.size, planted)
+            results[key] = measure(Path(args.out) / key.replace(" ", "-"), weights, args.size, planted, args.seed)
             print(key, json.dumps(results[key]), flush=True)
         print(f"{name} weights against the targets (met with the real-weights file):")
         for line in against_targets(results[f"{name} planted"], results[f"{name} clean"]):

@@ -199,6 +199,8 @@ def test_the_audit_logreg_judges_directions_not_lengths():
     scaled = labels.out_of_fold_probabilities(X * rng.uniform(0.1, 10.0, (90, 1)).astype(np.float32), y, estimator, 3, 0)
     np.testing.assert_allclose(plain, scaled, atol=0.02)  # to the solver's tolerance
     assert head_estimator("logreg", {"C": 0.5}).get_params()["logreg__logisticregression__C"] == 0.5
+    tiny = np.r_[0:4, 30:34, 60:64]  # 6 training images a fold: fewer than the neighbours a large set gets
+    assert labels.out_of_fold_probabilities(X[tiny], y[tiny], head_estimator("logreg", {}, len(tiny)), 2, 0).shape == (12, 3)
     with pytest.raises(PipelineError, match="--set pooling"):
         head_estimator("logreg", {"pooling": "max"})
 

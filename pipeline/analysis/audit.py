@@ -92,7 +92,7 @@ def check_folds(label_ids: np.ndarray, class_names: list[str], folds: int) -> No
         )
 
 
-def head_estimator(head: str, params: dict):
+def head_estimator(head: str, params: dict, rows: int | None = None):
     """The estimator cross-validated for label issues: a head on the pooled codes (``logreg``: on them made
     unit length, see :mod:`pipeline.health.labels`)."""
     from classifiers import HEAD_NAMES, get_head
@@ -103,7 +103,7 @@ def head_estimator(head: str, params: dict):
         settings = dict(params)
         if settings.pop("pooling", "avg") != "avg":
             raise PipelineError("--set pooling: the audit works on average-pooled codes; leave pooling out")
-        return labels.unit_row_estimator(**settings)
+        return labels.unit_row_estimator(**settings, rows=rows)
     estimator = get_head(head)(**params)
     if "verbose" in estimator.get_params():
         estimator.set_params(verbose=0)
@@ -141,7 +141,7 @@ def run_audit(
     except CacheError as error:
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
-    estimator = head_estimator(head, dict(params or {}))
+    estimator = head_estimator(head, dict(params or {}), len(X))
     pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold, search_pixels=True)
     near = duplicates.groups(pairs, len(paths))
     fold_groups = duplicates.fold_groups(content_hashes, near)

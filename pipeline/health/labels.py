@@ -8,12 +8,12 @@ joint's off-diagonal says *how many* labels are wrong; the ranking says *which*:
 ranked by self-confidence p[given] or by the normalised margin p[given] - max p[other], and
 that many of the lowest are flagged. Flagging the off-diagonal entries themselves marks
 images that pass another class's threshold narrowly while missing flips that pass none
-(measured on real photos, bench/health.py: recall 0.75 against 0.95 for the same count).
+(measured on real photos, bench/health.py: of 23 flags, 15 flips against 18).
 
 The default (``logreg``) is the mean of a logistic regression and a nearest-neighbour vote on
 the pooled codes made unit length, without standardising each channel (which lifts channels
-where nothing differs): on real photos its lowest-ranked images are the flips and foreign
-files, where the standardised head's are ordinary look-alikes too (README, "Dataset health").
+where nothing differs): its 23 lowest-ranked images there are 18 of the 20 flips and all 5
+foreign files, the standardised logistic head's 17 and 4 (README, "Dataset health").
 """
 
 from __future__ import annotations
@@ -29,20 +29,24 @@ UNIT_C = 100.0
 NEIGHBOURS = 10
 
 
-def unit_row_estimator(C: float = UNIT_C, max_iter: int = 5000, tol: float = 1e-4, class_weight: dict | str | None = None):
+def unit_row_estimator(
+    C: float = UNIT_C, max_iter: int = 5000, tol: float = 1e-4, class_weight: dict | str | None = None, rows: int | None = None
+):
     """The mean of two views of the unit-length rows (no per-channel standardisation): a multinomial
     logistic regression, which weighs every channel, and the class vote of the ``NEIGHBOURS`` nearest
-    images by cosine, which holds where a class is made of look-alikes (a cat's tiles next to coffee's)."""
+    images by cosine, which holds where a class is made of look-alikes (a cat's tiles next to coffee's).
+    With ``rows`` (the data set's size) fewer neighbours, so that a training fold of a tiny set holds them."""
     from sklearn.ensemble import VotingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
+    neighbours = NEIGHBOURS if rows is None else max(1, min(NEIGHBOURS, rows // 3))
     return VotingClassifier(
         [
             ("logreg", make_pipeline(Normalizer(), LogisticRegression(C=C, max_iter=max_iter, tol=tol, class_weight=class_weight))),
-            ("neighbours", KNeighborsClassifier(NEIGHBOURS, metric="cosine", weights="distance")),
+            ("neighbours", KNeighborsClassifier(neighbours, metric="cosine", weights="distance")),
         ],
         voting="soft",
     )
