@@ -167,6 +167,24 @@ def test_alike_wrong_files_in_several_classes_cannot_vouch_for_one_another():
     assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182, 183}
 
 
+def test_a_photo_and_its_copies_vouch_once_for_a_foreign_file():
+    """A foreign code next to one photo that has 4 copies: counted once, the copies cannot fill its 5 neighbours."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (2, 64))
+    codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres])
+    photo = centres[0] + rng.normal(0, 0.9, 64)  # an unusual photo of class 0, with 4 copies
+    foreign = photo + rng.normal(0, 0.05, 64)
+    codes = np.concatenate([codes, np.repeat(photo[None], 5, axis=0), foreign[None]]).astype(np.float32)
+    labels_of = np.concatenate([np.repeat([0, 1], 60), np.zeros(6, np.int64)])
+    alone = np.arange(len(codes))
+    grouped = alone.copy()
+    grouped[120:125] = 120
+    unit = outliers.raw_unit_rows(codes)
+    z_grouped = outliers.class_relative_z(outliers.class_knn_distance(unit, labels_of, groups=grouped), labels_of)
+    z_alone = outliers.class_relative_z(outliers.class_knn_distance(unit, labels_of, groups=alone), labels_of)
+    assert z_grouped[125] > outliers.Z_THRESHOLD > z_alone[125]
+
+
 def test_confident_learning_by_the_book():
     """Thresholds are per-class mean self-confidence; an image counts for the passing class with the largest p."""
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55]])

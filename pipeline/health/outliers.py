@@ -36,7 +36,9 @@ def class_knn_distance(
     """(n,) per image: min over classes of the mean cosine distance to that class's k nearest out-of-fold images.
 
     Folds are grouped (``groups``: copies and near-duplicates share a number), so an image's own
-    copy never stands among its neighbours and hides it."""
+    copy never stands among its neighbours and hides it; and each group counts once among an
+    image's neighbours, so a photo and its copies do not fill the k places of a foreign file's
+    nearest neighbours (a flat grey frame next to a flower tile and its crop)."""
     from sklearn.model_selection import GroupKFold
 
     n = len(unit)
@@ -48,6 +50,7 @@ def class_knn_distance(
         reference, held_out = order[reference], order[held_out]
         for label in np.unique(labels[reference]):
             members = reference[labels[reference] == label]
+            members = members[np.sort(np.unique(groups[members], return_index=True)[1])]  # one image per group
             similarity = unit[held_out] @ unit[members].T
             kk = min(k, len(members))
             nearest = -np.partition(-similarity, kk - 1, axis=1)[:, :kk]
