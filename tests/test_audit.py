@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.demo_data import CLASS_NAMES, write_digits
 from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
-from pipeline.health import duplicates, labels, outliers
+from pipeline.health import balance, duplicates, labels, outliers
 
 PER_CLASS = 40
 PLANTED_PER_CLASS = 2
@@ -221,6 +221,15 @@ def test_the_audit_logreg_judges_directions_not_lengths():
     assert labels.out_of_fold_probabilities(X[tiny], y[tiny], head_estimator("logreg", {}, len(tiny)), 2, 0).shape == (12, 3)
     with pytest.raises(PipelineError, match="--set pooling"):
         head_estimator("logreg", {"pooling": "max"})
+
+
+def test_one_line_for_every_class_too_small_to_measure():
+    names = [f"c{k}" for k in range(10)]
+    labels_of = np.repeat(np.arange(10), 24)
+    splits = (["train"] * 16 + ["val"] * 4 + ["test"] * 4) * 10
+    lines = balance.warnings(balance.counts(labels_of, splits, names))
+    assert len(lines) == 2 and lines[1].startswith("10 of 10 classes have fewer than 5 test images")
+    assert all(f"c{k} 4" in lines[1] for k in range(10))
 
 
 def test_duplicate_groups_and_the_split_flag():

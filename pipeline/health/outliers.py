@@ -2,8 +2,9 @@
 
 The score of an image is the smallest, over the classes, of its mean cosine distance to
 that class's k nearest images, the neighbours taken from the other folds only (an image
-never vouches for itself or for the copies in its fold). Taking neighbours inside each
-class means a handful of wrong files, even alike, cannot vouch for one another. Distances
+never vouches for itself or for the copies in its fold, and a photo with copies counts
+once). Taking neighbours inside each class means a handful of wrong files, even alike,
+cannot vouch for one another. Distances
 are on the raw pooled codes made unit length: standardising every channel, as the
 duplicate search does, also lifts the channels where a wrong file differs from nothing.
 An image is an outlier when its score is far above what is typical *in its own class*: a
