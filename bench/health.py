@@ -4,13 +4,15 @@
 
 Classes are tiles of real sample photos (bench/real_photos.py): textures, a retina, a star
 field, a cat, coffee, where every image has look-alikes, and ``misc``, where images vary a
-lot. Planted: copies of some images under new names (exact, JPEG re-encoded at quality 50-70,
-resized to 0.5-0.8, 90% crops; of look-alike images and of ``misc``'s, scored apart), foreign files (noise, a flat frame, a chessboard, a logo,
-a text page), and flipped labels (an image moved into another class's folder). Each set is
-extracted with ``pipeline extract`` and checked with ``pipeline audit``, as whole processes,
-and each detector is scored with precision and recall; a clean set (nothing planted) gives
-the false-alarm rate of outliers. Each figure is printed beside its target. Run it once per ``--weights``: ImageNet-like weights
-(``../shared/weights/hed_vgg16.py``) are what users see; ``none`` (random) is the contrast.
+lot. Planted: copies of some images under new names (exact, JPEG re-encoded at quality
+50-70, resized to 0.5-0.8, 90% crops; of look-alike images and of ``misc``'s, scored
+apart), foreign files (noise, a flat frame, a chessboard, a logo, a text page), and flipped
+labels (an image moved into another class's folder). Each set is extracted with ``pipeline
+extract`` and checked with ``pipeline audit``, as whole processes, and each detector is
+scored with precision and recall; a clean set (nothing planted) gives the false-alarm rate
+of outliers. Each figure is printed beside its target. Run it once per ``--weights``:
+ImageNet-like weights (``../shared/weights/hed_vgg16.py``) are what users see; ``none``
+(random) is the contrast. The caches stay in ``--out``, so a second run extracts only what changed.
 """
 
 from __future__ import annotations
