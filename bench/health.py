@@ -1,16 +1,18 @@
 """Measure the dataset-health checks on real photos with planted problems, as a user meets them.
 
-    python -m bench.health --weights /tmp/vgg16_real.weights.h5 [--weights none] [--size 224] [--out bench-out/health]
+    python -m bench.health --weights /tmp/vgg16_real.weights.h5 [--weights none] [--size 224] [--seed 0] [--out bench-out/health]
 
 Classes are tiles of real sample photos (bench/real_photos.py): textures, a retina, a star
 field, a cat, coffee, where every image has look-alikes, and ``misc``, where images vary a
-lot. Planted: copies of some images under new names (exact, JPEG re-encoded at quality 50-70,
-resized to 0.5-0.8, 90% crops), foreign files (noise, a flat frame, a chessboard, a logo,
-a text page), and flipped labels (an image moved into another class's folder). Each set is
-extracted with ``pipeline extract`` and checked with ``pipeline audit``, as whole processes,
-and each detector is scored with precision and recall; a clean set (nothing planted) gives
-the false-alarm rate of outliers. Run it once per ``--weights``: ImageNet-like weights
-(``../shared/weights/hed_vgg16.py``) are what users see; ``none`` (random) is the contrast.
+lot. Planted: copies of some images under new names (exact, JPEG re-encoded at quality
+50-70, resized to 0.5-0.8, 90% crops; of look-alike images and of ``misc``'s, scored
+apart), foreign files (noise, a flat frame, a chessboard, a logo, a text page), and flipped
+labels (an image moved into another class's folder). Each set is extracted with ``pipeline
+extract`` and checked with ``pipeline audit``, as whole processes, and each detector is
+scored with precision and recall; a clean set (nothing planted) gives the false-alarm rate
+of outliers. Each figure is printed beside its target. Run it once per ``--weights``:
+ImageNet-like weights (``../shared/weights/hed_vgg16.py``) are what users see; ``none``
+(random) is the contrast. The caches stay in ``--out``, so a second run extracts only what changed.
 """
 
 from __future__ import annotations
@@ -30,18 +32,27 @@ from PIL import Image, ImageOps
 from bench.real_photos import build_classes, sample_photos
 
 COPY_KINDS = ("exact", "reencoded", "resized", "crop90")
-COPIES_PER_KIND = 6
+VARIED = "misc"  # the class whose images vary a lot; every other class is made of look-alikes
+COPIES_PER_KIND = {"look-alike": 6, "varied": 4}
 FLIPS = 20
+# The targets each figure is printed beside (with the real-weights file).
+TARGET_EXACT, TARGET_COPIES, TARGET_PAIR_PRECISION = 1.0, 0.95, 0.9
+TARGET_CLEAN_FLAGGED, TARGET_LABEL_RECALL, TARGET_LABEL_PRECISION = 0.02, 0.9, 0.7
 
 
 def plant(root: Path, made: dict[str, list[Path]], seed: int = 0) -> dict[str, object]:
-    """Copies, foreign files and flipped labels in ``root``; returns what was planted where."""
+    """Copies (of look-alike and of varied images), foreign files and flipped labels in ``root``; returns what was planted where."""
     rng = np.random.default_rng(seed)
-    everything = [path for paths in made.values() for path in paths]
-    chosen = rng.choice(len(everything), len(COPY_KINDS) * COPIES_PER_KIND + FLIPS, replace=False)
-    copies: list[tuple[str, str, str]] = []
-    for number, index in enumerate(chosen[: len(COPY_KINDS) * COPIES_PER_KIND]):
-        kind, source = COPY_KINDS[number // COPIES_PER_KIND], everything[index]
+    pools = {
+        "look-alike": [path for label, paths in made.items() if label != VARIED for path in paths],
+        "varied": list(made[VARIED]),
+    }
+    sources: list[tuple[str, str, Path]] = []
+    for data, pool in pools.items():
+        picked = rng.choice(len(pool), len(COPY_KINDS) * COPIES_PER_KIND[data], replace=False)
+        sources += [(COPY_KINDS[n // COPIES_PER_KIND[data]], data, pool[i]) for n, i in enumerate(picked)]
+    copies: list[tuple[str, str, str, str]] = []
+    for kind, data, source in sources:
         target = source.with_name(f"{source.stem}-copy-{kind}.jpg")
         image = Image.open(source).convert("RGB")
         if kind == "exact":
@@ -53,10 +64,12 @@ def plant(root: Path, made: dict[str, list[Path]], seed: int = 0) -> dict[str, o
             image.resize((int(image.width * factor), int(image.height * factor)), Image.Resampling.BILINEAR).save(target, "JPEG", quality=90)
         else:
             ImageOps.crop(image, border=(image.width // 20, image.height // 20)).save(target, "JPEG", quality=90)
-        copies.append((kind, _rel(root, source), _rel(root, target)))
+        copies.append((kind, data, _rel(root, source), _rel(root, target)))
+    copied = {source for _, _, source in sources}
+    everything = [path for paths in made.values() for path in paths if path not in copied]
     flips = []
     labels = list(made)
-    for index in chosen[len(COPY_KINDS) * COPIES_PER_KIND :]:
+    for index in rng.choice(len(everything), FLIPS, replace=False):
         source = everything[index]
         other = labels[(labels.index(source.parent.name) + 1 + int(rng.integers(0, len(labels) - 1))) % len(labels)]
         target = root / other / source.name
@@ -93,17 +106,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def score_duplicates(audit: Path, copies: list[tuple[str, str, str]]) -> dict[str, object]:
-    """Recall per copy kind (the copy is grouped with its source), and pair precision over every reported pair."""
+def score_duplicates(audit: Path, copies: list[tuple[str, str, str, str]]) -> dict[str, object]:
+    """Recall per data (look-alike, varied) and copy kind (the copy is grouped with its source), and pair
+    precision over every reported pair."""
     rows = read_csv(audit / "duplicates.csv")
     group_of = {row[key]: row["group"] for row in rows for key in ("path_a", "path_b")}
-    planted_pairs = {frozenset((source, copy)) for _, source, copy in copies}
+    planted_pairs = {frozenset((source, copy)) for _, _, source, copy in copies}
     found_pairs = {frozenset((row["path_a"], row["path_b"])) for row in rows}
-    recall = {}
-    for kind in COPY_KINDS:
-        mine = [(s, c) for k, s, c in copies if k == kind]
-        hits = sum(1 for s, c in mine if s in group_of and group_of.get(s) == group_of.get(c))
-        recall[kind] = round(hits / len(mine), 2)
+    recall: dict[str, dict[str, float]] = {}
+    for data in COPIES_PER_KIND:
+        recall[data] = {}
+        for kind in COPY_KINDS:
+            mine = [(s, c) for k, d, s, c in copies if k == kind and d == data]
+            hits = sum(1 for s, c in mine if s in group_of and group_of.get(s) == group_of.get(c))
+            recall[data][kind] = round(hits / len(mine), 2)
     true_pairs = len(found_pairs & planted_pairs)
     return {
         "recall": recall,
@@ -118,6 +134,7 @@ def score_outliers(audit: Path, foreign: list[str]) -> dict[str, object]:
     ranks = sorted(flagged.index(path) + 1 for path in hits)
     return {
         "flagged": len(flagged),
+        "planted_found": f"{len(hits)}/{len(foreign)}",
         "recall": round(len(hits) / len(foreign), 2) if foreign else None,
         "precision": round(len(hits) / len(flagged), 2) if flagged and foreign else None,
         "ranks_of_planted": ranks,
@@ -139,11 +156,14 @@ def score_labels(audit: Path, flips: list[str], foreign: list[str]) -> dict[str,
     }
 
 
-def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, object]:
+def measure(out: Path, weights: str, size: int, planted: bool, seed: int = 0) -> dict[str, object]:
+    """Build, plant, extract and audit in ``out``. The cache stays between runs: extraction skips images
+    whose bytes it already holds, so only changed or new images are extracted again."""
     data = out / "data"
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(out / "audit", ignore_errors=True)
     made = build_classes(data)
-    truth = plant(data, made) if planted else {"copies": [], "flips": [], "foreign": []}
+    truth = plant(data, made, seed) if planted else {"copies": [], "flips": [], "foreign": []}
     (out / "planted.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     cache = out / "cache.h5"
     extract_seconds = run(["extract", str(data), "--cache", str(cache), "--weights", weights, "--image-size", str(size)])
@@ -158,9 +178,48 @@ def measure(out: Path, weights: str, size: int, planted: bool) -> dict[str, obje
     return result
 
 
+def _mark(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def against_targets(planted: dict, clean: dict) -> list[str]:
+    """Each figure beside its target, one line per detector (and per kind of data for copies)."""
+    lines = []
+    duplicates = planted["duplicates"]
+    for data, recall in duplicates["recall"].items():
+        rest = [recall[kind] for kind in COPY_KINDS[1:]]
+        ok = recall["exact"] >= TARGET_EXACT and min(rest) >= TARGET_COPIES
+        lines.append(
+            f"near-duplicates, {data} data: recall exact {recall['exact']:.2f} (target {TARGET_EXACT:.2f}), "
+            f"re-encoded / resized / 90% crop {' / '.join(f'{r:.2f}' for r in rest)} (target >= {TARGET_COPIES:.2f}): {_mark(ok)}"
+        )
+    lines.append(
+        f"near-duplicates: precision {duplicates['precision']:.2f} over {duplicates['pairs_reported']} pairs "
+        f"(target >= {TARGET_PAIR_PRECISION:.2f}): {_mark(duplicates['precision'] >= TARGET_PAIR_PRECISION)}"
+    )
+    found = planted["outliers"]
+    ranks = found["ranks_of_planted"]
+    lines.append(
+        f"outliers: {found['planted_found']} foreign files flagged, at ranks {' '.join(map(str, ranks)) or '-'} "
+        f"of {found['flagged']} flagged (target: all, in the top ranks): {_mark(found['recall'] == 1.0)}"
+    )
+    share = clean["outliers"]["flagged"] / clean["images"]
+    lines.append(
+        f"outliers on the clean set: {clean['outliers']['flagged']} of {clean['images']} flagged, {share:.1%} "
+        f"(target <= {TARGET_CLEAN_FLAGGED:.0%}): {_mark(share <= TARGET_CLEAN_FLAGGED)}"
+    )
+    issues = planted["labels"]
+    ok = issues["recall"] >= TARGET_LABEL_RECALL and issues["precision"] >= TARGET_LABEL_PRECISION
+    lines.append(
+        f"label issues: recall {issues['recall']:.2f} (target >= {TARGET_LABEL_RECALL:.2f}), precision "
+        f"{issues['precision']:.2f} (target >= {TARGET_LABEL_PRECISION:.2f}; {issues['precision_with_foreign']:.2f} "
+        f"counting flagged foreign files) over {issues['flagged']} flagged: {_mark(ok)}"
+    )
+    return lines
+
+
 def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them (no pixels)."""
-    from classifiers import LogRegHead
     from pipeline.health import duplicates, labels, outliers
     from pipeline.health.embeddings import unit_rows
 
@@ -177,7 +236,8 @@ def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     outliers.class_relative_z(outliers.class_knn_distance(outliers.raw_unit_rows(X), y, groups=groups), y)
     timings["outliers"] = time.perf_counter() - started
     started = time.perf_counter()
-    labels.label_issues(labels.out_of_fold_probabilities(X, y, LogRegHead(), 5, 0, groups), y)
+    probabilities = labels.out_of_fold_probabilities(X, y, labels.unit_row_estimator(), 5, 0, groups)
+    labels.lowest_flagged(probabilities, y, labels.ranking_scores(probabilities, y, "self_confidence"))
     timings["label issues (5-fold logreg)"] = time.perf_counter() - started
     print(f"{n} synthetic codes: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
 
@@ -187,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", action="append", help="backbone weights (repeat for several; default none)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="bench-out/health")
+    parser.add_argument("--seed", type=int, default=0, help="which images are copied, flipped and where foreign files go (default 0)")
     parser.add_argument("--synthetic", type=int, default=0, help="only time the sections on this many synthetic codes")
     args = parser.parse_args(argv)
     if args.synthetic:
@@ -197,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         name = "random" if weights == "none" else Path(weights).name
         for planted in (True, False):
             key = f"{name} {'planted' if planted else 'clean'}"
-            results[key] = measure(Path(args.out) / key.replace(" ", "-"), weights, args.size, planted)
+            results[key] = measure(Path(args.out) / key.replace(" ", "-"), weights, args.size, planted, args.seed)
             print(key, json.dumps(results[key]), flush=True)
+        print(f"{name} weights against the targets (met with the real-weights file):")
+        for line in against_targets(results[f"{name} planted"], results[f"{name} clean"]):
+            print("  " + line, flush=True)
     (Path(args.out) / "health.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 

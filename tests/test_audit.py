@@ -14,11 +14,12 @@ from image_factory import photo
 from PIL import Image
 
 from features_cache.reader import FeatureCache
-from pipeline.analysis.audit import run_audit
+from pipeline.analysis.audit import head_estimator, run_audit
 from pipeline.cli import main
 from pipeline.demo_data import CLASS_NAMES, write_digits
+from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
-from pipeline.health import duplicates, labels, outliers
+from pipeline.health import balance, duplicates, labels, outliers
 
 PER_CLASS = 40
 PLANTED_PER_CLASS = 2
@@ -166,6 +167,24 @@ def test_alike_wrong_files_in_several_classes_cannot_vouch_for_one_another():
     assert set(np.flatnonzero(z > outliers.Z_THRESHOLD)) == {180, 181, 182, 183}
 
 
+def test_a_photo_and_its_copies_vouch_once_for_a_foreign_file():
+    """A foreign code next to one photo that has 4 copies: counted once, the copies cannot fill its 5 neighbours."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (2, 64))
+    codes = np.concatenate([c + rng.normal(0, 0.3, (60, 64)) for c in centres])
+    photo = centres[0] + rng.normal(0, 0.9, 64)  # an unusual photo of class 0, with 4 copies
+    foreign = photo + rng.normal(0, 0.05, 64)
+    codes = np.concatenate([codes, np.repeat(photo[None], 5, axis=0), foreign[None]]).astype(np.float32)
+    labels_of = np.concatenate([np.repeat([0, 1], 60), np.zeros(6, np.int64)])
+    alone = np.arange(len(codes))
+    grouped = alone.copy()
+    grouped[120:125] = 120
+    unit = outliers.raw_unit_rows(codes)
+    z_grouped = outliers.class_relative_z(outliers.class_knn_distance(unit, labels_of, groups=grouped), labels_of)
+    z_alone = outliers.class_relative_z(outliers.class_knn_distance(unit, labels_of, groups=alone), labels_of)
+    assert z_grouped[125] > outliers.Z_THRESHOLD > z_alone[125]
+
+
 def test_confident_learning_by_the_book():
     """Thresholds are per-class mean self-confidence; an image counts for the passing class with the largest p."""
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55]])
@@ -175,6 +194,42 @@ def test_confident_learning_by_the_book():
     assert labels.label_issues(probabilities, given).tolist() == [False, False, False, False, False]
     given[3] = 0  # [0.2, 0.8] labelled 0: p1 = 0.8 passes class 1's threshold
     assert labels.label_issues(probabilities, given)[3]
+
+
+def test_the_joint_counts_the_errors_and_the_ranking_picks_them():
+    """As many flags as the confident joint's off-diagonal, given to the lowest-ranked images."""
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55], [0.1, 0.9]])
+    given = np.array([0, 0, 1, 1, 0, 0])  # row 5 passes class 1's threshold: one off-diagonal entry
+    assert labels.label_issues(probabilities, given).sum() == 1
+    scores = labels.ranking_scores(probabilities, given, "self_confidence")
+    assert labels.lowest_flagged(probabilities, given, scores).tolist() == [False, False, False, False, False, True]
+    scores[4] = -1.0  # a ranking that puts row 4 first moves the one flag there
+    assert labels.lowest_flagged(probabilities, given, scores).tolist() == [False, False, False, False, True, False]
+
+
+def test_the_audit_logreg_judges_directions_not_lengths():
+    """Rows scaled by any factor get the same out-of-fold probabilities; a pooling setting is refused."""
+    rng = np.random.default_rng(0)
+    X = np.abs(np.concatenate([rng.normal(m, 1.0, (30, 16)) for m in (0.0, 2.0, 4.0)])).astype(np.float32)
+    y = np.repeat(np.arange(3), 30)
+    estimator = head_estimator("logreg", {})
+    plain = labels.out_of_fold_probabilities(X, y, estimator, 3, 0)
+    scaled = labels.out_of_fold_probabilities(X * rng.uniform(0.1, 10.0, (90, 1)).astype(np.float32), y, estimator, 3, 0)
+    np.testing.assert_allclose(plain, scaled, atol=0.02)  # to the solver's tolerance
+    assert head_estimator("logreg", {"C": 0.5}).get_params()["logreg__logisticregression__C"] == 0.5
+    tiny = np.r_[0:4, 30:34, 60:64]  # 6 training images a fold: fewer than the neighbours a large set gets
+    assert labels.out_of_fold_probabilities(X[tiny], y[tiny], head_estimator("logreg", {}, len(tiny)), 2, 0).shape == (12, 3)
+    with pytest.raises(PipelineError, match="--set pooling"):
+        head_estimator("logreg", {"pooling": "max"})
+
+
+def test_one_line_for_every_class_too_small_to_measure():
+    names = [f"c{k}" for k in range(10)]
+    labels_of = np.repeat(np.arange(10), 24)
+    splits = (["train"] * 16 + ["val"] * 4 + ["test"] * 4) * 10
+    lines = balance.warnings(balance.counts(labels_of, splits, names))
+    assert len(lines) == 2 and lines[1].startswith("10 of 10 classes have fewer than 5 test images")
+    assert all(f"c{k} 4" in lines[1] for k in range(10))
 
 
 def test_duplicate_groups_and_the_split_flag():

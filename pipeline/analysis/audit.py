@@ -92,12 +92,18 @@ def check_folds(label_ids: np.ndarray, class_names: list[str], folds: int) -> No
         )
 
 
-def head_estimator(head: str, params: dict):
-    """The estimator cross-validated for label issues: a head on the pooled codes."""
+def head_estimator(head: str, params: dict, rows: int | None = None):
+    """The estimator cross-validated for label issues: a head on the pooled codes (``logreg``: on them made
+    unit length, see :mod:`pipeline.health.labels`)."""
     from classifiers import HEAD_NAMES, get_head
 
     if head not in HEAD_NAMES:
         raise PipelineError(f"unknown head {head!r}; use one of {', '.join(HEAD_NAMES)}")
+    if head == "logreg":
+        settings = dict(params)
+        if settings.pop("pooling", "avg") != "avg":
+            raise PipelineError("--set pooling: the audit works on average-pooled codes; leave pooling out")
+        return labels.unit_row_estimator(**settings, rows=rows)
     estimator = get_head(head)(**params)
     if "verbose" in estimator.get_params():
         estimator.set_params(verbose=0)
@@ -135,13 +141,14 @@ def run_audit(
     except CacheError as error:
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
-    estimator = head_estimator(head, dict(params or {}))
+    estimator = head_estimator(head, dict(params or {}), len(X))
     pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold, search_pixels=True)
     near = duplicates.groups(pairs, len(paths))
     fold_groups = duplicates.fold_groups(content_hashes, near)
     probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed, fold_groups)
     scores = outliers.class_knn_distance(outliers.raw_unit_rows(X), label_ids, seed=seed, groups=fold_groups)
     score = labels.ranking_scores(probabilities, label_ids, ranking)
+    order = np.lexsort((np.arange(len(score)), score))
     return AuditResult(
         cache=Path(cache_path),
         head=head,
@@ -152,8 +159,8 @@ def run_audit(
         splits=splits,
         labels=label_ids,
         probabilities=probabilities,
-        order=np.lexsort((np.arange(len(score)), score)),
-        flagged=labels.label_issues(probabilities, label_ids),
+        order=order,
+        flagged=labels.lowest_flagged(probabilities, label_ids, score),
         data_root=data_root,
         pairs=pairs,
         groups=near,

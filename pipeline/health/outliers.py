@@ -2,8 +2,9 @@
 
 The score of an image is the smallest, over the classes, of its mean cosine distance to
 that class's k nearest images, the neighbours taken from the other folds only (an image
-never vouches for itself or for the copies in its fold). Taking neighbours inside each
-class means a handful of wrong files, even alike, cannot vouch for one another. Distances
+never vouches for itself or for the copies in its fold, and a photo with copies counts
+once). Taking neighbours inside each class means a handful of wrong files, even alike,
+cannot vouch for one another. Distances
 are on the raw pooled codes made unit length: standardising every channel, as the
 duplicate search does, also lifts the channels where a wrong file differs from nothing.
 An image is an outlier when its score is far above what is typical *in its own class*: a
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-K = 10
-Z_THRESHOLD = 5.0
+K = 5
+Z_THRESHOLD = 4.0
 FOLDS = 5
 
 
@@ -36,7 +37,9 @@ def class_knn_distance(
     """(n,) per image: min over classes of the mean cosine distance to that class's k nearest out-of-fold images.
 
     Folds are grouped (``groups``: copies and near-duplicates share a number), so an image's own
-    copy never stands among its neighbours and hides it."""
+    copy never stands among its neighbours and hides it; and each group counts once among an
+    image's neighbours, so a photo and its copies do not fill the k places of a foreign file's
+    nearest neighbours (a flat grey frame next to a flower tile and its crop)."""
     from sklearn.model_selection import GroupKFold
 
     n = len(unit)
@@ -48,6 +51,7 @@ def class_knn_distance(
         reference, held_out = order[reference], order[held_out]
         for label in np.unique(labels[reference]):
             members = reference[labels[reference] == label]
+            members = members[np.sort(np.unique(groups[members], return_index=True)[1])]  # one image per group
             similarity = unit[held_out] @ unit[members].T
             kk = min(k, len(members))
             nearest = -np.partition(-similarity, kk - 1, axis=1)[:, :kk]
