@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "section and a page where a person reviews the findings and downloads a corrected CSV manifest.",
     )
     parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
-    parser.add_argument("--head", default="logreg", help="head cross-validated for label errors: logreg (default), gap or dense")
+    parser.add_argument("--head", default="logreg", help="model cross-validated for label errors: logreg (default: a logistic regression, C=100, averaged with a 10-neighbour vote on unit-length pooled codes), gap or dense")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a head setting, e.g. C=0.5 (repeatable)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument(
