@@ -165,6 +165,28 @@ def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
     return max(1, CHUNK_TARGET_BYTES // per_image)
 
 
+def tiling_chunk_rows(rows: int, feature_shape: tuple[int, ...], itemsize: int) -> int:
+    """Whole images per chunk of a shard of ``rows`` rows: the largest divisor of ``rows`` that
+    keeps a chunk within :data:`CHUNK_TARGET_BYTES`, so chunks tile the shard with no padding
+    (HDF5 stores a partial last chunk at full size)."""
+    limit = min(chunk_rows(feature_shape, itemsize), max(1, rows))
+    return next(d for d in range(limit, 0, -1) if rows % d == 0) if rows else 1
+
+
+COMPRESSIONS = ("none", "gzip")
+COMPRESSION = "compression"  # a shard's attribute: how its features are stored (not part of the recipe)
+
+
+def compression_filters(compression: str) -> dict[str, object]:
+    """h5py dataset options for a shard's features: gzip is level 1 after byte shuffling, the
+    filter every HDF5 build (and so every HDF5 reader) has."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if compression == "none":
+        return {}
+    raise ValueError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
+
+
 def rows_digest(
     paths: list[str], content_hashes: list[str], labels: np.ndarray, splits: list[str],
     class_names: list[str], row_shard: np.ndarray, row_index: np.ndarray, shard_files: list[str],
