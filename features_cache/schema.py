@@ -67,6 +67,8 @@ ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 SPLITS = ("train", "val", "test")
 PILLOW = "pillow"
 CHUNK_TARGET_BYTES = 1 << 20
+EXTRACT_SHARD_ROWS = 2048  # images per shard extract writes: about 490 files per million images
+EXTRACT_SHARD_SECONDS = 30.0  # or this much work, whichever comes first: what a kill can lose at most
 
 
 @dataclasses.dataclass(frozen=True)
