@@ -3,7 +3,8 @@ value here, ten times a copy), so a float16 cache would read slower than a float
 
 The bits are widened with integer operations instead, in blocks that stay in the CPU's
 cache: the magnitude's bits shifted into float32 position and scaled by 2**112 (exact for
-normal and subnormal halves alike), then the sign put back. Non-finite halves are reported
+normal and subnormal halves alike), then the sign put back (skipped for blocks with no
+negative value, such as ReLU features). Non-finite halves are reported
 rather than converted: a stored feature is never NaN or infinite, so one is damage or a
 missing row.
 """
@@ -27,15 +28,21 @@ def widen(source: np.ndarray, target: np.ndarray) -> bool:
     finite = True
     for start in range(0, len(halves), _STEP):
         part, out, bits = halves[start : start + _STEP], floats[start : start + _STEP], words[start : start + _STEP]
-        signs = sign[: len(part)]
-        np.bitwise_and(part, 0x7FFF, out=bits, dtype=np.uint32, casting="unsafe")
-        if len(part) and bits.max() >= _NOT_FINITE:
-            finite = False
+        if not len(part):
+            continue
+        positive = int(part.max()) < _NOT_FINITE  # every value finite and non-negative (ReLU features): no sign to restore
+        if positive:
+            bits[...] = part
+        else:
+            np.bitwise_and(part, 0x7FFF, out=bits, dtype=np.uint32, casting="unsafe")
+            finite = finite and int(bits.max()) < _NOT_FINITE
         np.left_shift(bits, 13, out=bits)
         np.multiply(out, _SCALE, out=out)
-        np.bitwise_and(part, 0x8000, out=signs, dtype=np.uint32, casting="unsafe")
-        np.left_shift(signs, 16, out=signs)
-        np.bitwise_or(bits, signs, out=bits)
+        if not positive:
+            signs = sign[: len(part)]
+            np.bitwise_and(part, 0x8000, out=signs, dtype=np.uint32, casting="unsafe")
+            np.left_shift(signs, 16, out=signs)
+            np.bitwise_or(bits, signs, out=bits)
     return finite
 
 

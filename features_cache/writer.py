@@ -93,7 +93,7 @@ def write_skipped(group: h5py.Group, skipped: Sequence[SkippedFile]) -> None:
     write_stamps(sub, [s.stamp for s in skipped])
 
 
-class _OpenFiles:
+class OpenFiles:
     """A few source files kept open while rows are copied, most recently used first."""
 
     def __init__(self, limit: int = 32) -> None:
@@ -230,7 +230,7 @@ def write_cache(
     """
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
-    sources = _OpenFiles()
+    sources = OpenFiles()
     sums = np.zeros(len(rows), dtype=np.uint64)
     try:
         with reserved(path, standalone_bytes(feature_shape, dtype, rows)), atomic_h5(path, "standalone", in_memory=False) as f:

@@ -272,7 +272,7 @@ def _h5dump_rows(index: Path, rows: list[int]) -> list[str]:
         done = subprocess.run(["h5dump", "-d", "features", "-s", f"{row},0,0,0", "-c", "1,1,1,1", str(index)],
                               capture_output=True, text=True, cwd=index.parent)
         assert done.returncode == 0, done.stderr
-        values.append(done.stdout.split("(0,0,0,0):")[1].split()[0])
+        values.append(done.stdout.split(f"({row},0,0,0):")[1].split()[0])
     return values
 
 
@@ -353,7 +353,7 @@ def test_a_renamed_or_moved_cache_reads_the_same_everywhere(how, data, reference
     np.testing.assert_array_equal(_plain_read(target), expected)
     if shutil.which("h5dump"):
         assert [float(v.strip(",")) for v in _h5dump_rows(target, [0, len(expected) - 1])] == pytest.approx(
-            [float(expected[0].reshape(-1)[0]), float(expected[-1].reshape(-1)[0])], rel=1e-6)
+            [float(expected[0].reshape(-1)[0]), float(expected[-1].reshape(-1)[0])], rel=1e-5)  # h5dump prints 6 digits
     shutil.move(held, source / "a" / "img_000.jpg")
     assert extract(source, target, weights_file, capsys)[0] == 0  # a later extract adds the image
     assert_same_cache(snapshot(target), reference)

@@ -17,7 +17,7 @@ from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
-from features_cache.writer import FeatureSource, Row, write_index
+from features_cache.writer import FeatureSource, OpenFiles, Row, write_index
 from pipeline.errors import PipelineError
 from pipeline.extraction.sources import Dataset
 from pipeline.versions import library_versions
@@ -62,7 +62,10 @@ def commit(
 
     ``versions`` are the libraries the features were made with: this process's by default, the
     old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
-    rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape)
+    shards = {shard.path.resolve() for shard in known}
+    if old is not None and old.version == schema.SCHEMA_VERSION:
+        shards |= {file.resolve() for file in old.shard_files}
+    rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape, shards)
     table = _shard_table(cache_path, rows, old, [*known, *upgraded])
     attrs = {
         "data_root": str(dataset.root),
@@ -83,38 +86,40 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _into_shards(cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...]) -> tuple[list[Row], list[Shard]]:
-    """Copy rows whose features are not in a shard (a version-1 cache being upgraded) into new
-    shards; returns the rows and the shards written."""
-    folder = schema.shards_dir(cache_path).resolve()
-    outside = [i for i, row in enumerate(rows) if Path(row.source.file).resolve().parent != folder] if _any_outside(rows, folder) else []
+def _into_shards(
+    cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...], shards: set[Path],
+) -> tuple[list[Row], list[Shard]]:
+    """Copy rows whose features are in no shard (those of a version-1 cache being upgraded) into
+    new shards; returns the rows and the shards written. ``shards`` are the shard files known
+    (the old index's, wherever their folder is, and those just written or adopted)."""
+    inside = {file: Path(file).resolve() in shards for file in dict.fromkeys(row.source.file for row in rows)}
+    outside = [i for i, row in enumerate(rows) if not inside[row.source.file]]
     if not outside:
         return rows, []
+    folder = schema.shards_dir(cache_path)
     folder.mkdir(exist_ok=True)
     rows = list(rows)
     written = []
     per_shard = schema.EXTRACT_SHARD_ROWS
-    for start in range(0, len(outside), per_shard):
-        part = outside[start : start + per_shard]
-        with h5py.File(rows[part[0]].source.file, "r") as f:
-            features = np.stack([f[schema.FEATURES][rows[i].source.index] for i in part])
-        path = new_shard_path(cache_path)
-        records = [rows[i].record for i in part]
-        try:
-            shard_id = write_shard(path, recipe, features, records, [])
-        except OSError as error:
-            rest = len(outside) - start
-            needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))
-            raise PipelineError(str(no_space(folder, needed, error))) from None
-        written.append(Shard(path, path.stat().st_size, file_digest(path), records, [], shard_id))
-        for n, i in enumerate(part):
-            rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
+    sources = OpenFiles()
+    try:
+        for start in range(0, len(outside), per_shard):
+            part = outside[start : start + per_shard]
+            features = np.stack([sources.features(rows[i].source.file)[rows[i].source.index] for i in part])
+            path = new_shard_path(cache_path)
+            records = [rows[i].record for i in part]
+            try:
+                shard_id = write_shard(path, recipe, features, records, [])
+            except OSError as error:
+                rest = len(outside) - start
+                needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))
+                raise PipelineError(str(no_space(folder, needed, error))) from None
+            written.append(Shard(path, path.stat().st_size, file_digest(path), records, [], shard_id))
+            for n, i in enumerate(part):
+                rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
+    finally:
+        sources.close()
     return rows, written
-
-
-def _any_outside(rows: list[Row], folder: Path) -> bool:
-    """Whether some row's features are outside the shards folder, resolving each distinct file once."""
-    return any(Path(file).resolve().parent != folder for file in dict.fromkeys(row.source.file for row in rows))
 
 
 def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str, str]]:
