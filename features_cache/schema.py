@@ -3,7 +3,8 @@
 A cache is an index file plus a folder of shards beside it (``shards_dir``). The index
 holds one row per image in these datasets (all of length N):
 
-- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards
+- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards,
+                     NaN where a shard cannot be found (any HDF5 reader sees a missing row)
 - ``labels``         (N,) int32, index into ``class_names``
 - ``class_names``    (C,) UTF-8 strings, sorted
 - ``paths``          (N,) UTF-8 paths relative to the data root, sorted
@@ -20,7 +21,8 @@ a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_s
 fields for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
 library versions and bookkeeping such as ``complete``. A shard holds ``features``
-(fletcher32-checked chunks), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
+(fletcher32-checked chunks of whole images that tile its rows, gzip-compressed where its
+``compression`` attribute says so), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
 recipe. Version 1, one standalone file with the features inside, is still read, and is
 what ``compact --to`` writes (with the same checksums and id as a shard).
 """

@@ -147,3 +147,23 @@ def test_float16_widens_exactly_and_names_non_finite_values():
     np.testing.assert_array_equal(out.view(np.uint32), finite.astype(np.float32).view(np.uint32))  # -0.0 and subnormals too
     assert not halves.widen(every, np.empty(every.shape, dtype=np.float32))
     assert halves.finite_halves(finite) and not halves.finite_halves(every)
+
+
+def test_info_suggests_gzip_for_large_caches_until_every_shard_has_it(data, weights_file, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from pipeline.commands import tables
+
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    capsys.readouterr()
+    assert main(["info", str(cache)]) == 0
+    assert "tip:" not in capsys.readouterr().out  # a small cache: no suggestion
+    with FeatureCache(cache) as opened:
+        monkeypatch.setattr(tables, "LARGE_CACHE_BYTES", opened.disk_bytes - 1)  # this cache, as if it were large
+    assert main(["info", str(cache)]) == 0
+    assert "tip: `extract --compression gzip`" in capsys.readouterr().out
+    assert main(["compact", str(cache), "--compression", "gzip"]) == 0
+    capsys.readouterr()
+    with FeatureCache(cache) as opened:
+        monkeypatch.setattr(tables, "LARGE_CACHE_BYTES", opened.disk_bytes - 1)
+    assert main(["info", str(cache)]) == 0
+    assert "tip:" not in capsys.readouterr().out
