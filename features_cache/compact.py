@@ -18,8 +18,11 @@ _REWRITTEN = ("schema_version", "complete", "identity", "written_at")
 ROWS_PER_SHARD = 4096
 
 
-def compact(path: str | os.PathLike, to: str | os.PathLike | None = None) -> Path:
+def compact(path: str | os.PathLike, to: str | os.PathLike | None = None, compression: str | None = None) -> Path:
     """Rewrite the cache at ``path`` in place, or as one standalone file at ``to``; returns what was written.
+
+    New shards are stored with ``compression`` (``none`` or ``gzip``); by default as most of
+    the cache's shards are.
 
     A full disk is one line naming what the whole job needs; an in-place compaction that
     fails removes the shards it had written, so that figure stays true for the next try.
@@ -42,6 +45,9 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None) -> Pat
                     raise no_space(target.parent, standalone_bytes(cache.feature_shape, cache.storage_dtype, rows), error) from None
                 return target
             schema.shards_dir(path).mkdir(exist_ok=True)
+            if compression is None:
+                kinds = cache.shard_compression
+                compression = "gzip" if kinds.count("gzip") * 2 > len(kinds) else "none"
             rows, table, written = [], [], []
             folder = path.parent.resolve()
             try:
@@ -49,7 +55,7 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None) -> Pat
                     stop = min(len(cache), start + ROWS_PER_SHARD)
                     features = cache.features(np.arange(start, stop), dtype=cache.storage_dtype)
                     shard = new_shard_path(path)
-                    shard_id = write_shard(shard, cache.recipe, features, records[start:stop], [])
+                    shard_id = write_shard(shard, cache.recipe, features, records[start:stop], [], compression)
                     written.append(shard)
                     table.append((os.path.relpath(shard.resolve(), folder), stop - start, shard.stat().st_size, file_digest(shard), shard_id))
                     rows += [Row(records[i], int(labels[i]), str(splits[i]), FeatureSource(str(shard), i - start)) for i in range(start, stop)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import integrity, schema
+from features_cache import halves, integrity, schema
 from features_cache.errors import CacheError, MissingShards
 from features_cache.records import UNKNOWN, FileRecord, FileStamp, SkippedFile
 
@@ -57,6 +57,7 @@ class FeatureCache:
         self.paths = [str(p) for p in self._file[schema.PATHS].asstr()[()]]
         self.splits = np.array([str(s) for s in self._file[schema.SPLIT].asstr()[()]], dtype=object)
         self._features = self._file[schema.FEATURES]
+        self.relocated = False
         if self.version == schema.STANDALONE_VERSION:
             self.shard_files = [self.path]
             self._row_shard = np.zeros(len(self.paths), dtype=np.int32)
@@ -64,8 +65,9 @@ class FeatureCache:
             self._shards, self._checksums = [self._file], [integrity.stored_checksums(self._file)]
         else:
             table = self._file[schema.SHARDS]
-            folder = self.path.resolve().parent
-            self.shard_files = [folder / str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
+            self.recorded_files = [str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
+            self.shard_files, self.relocated = locate_shards(self.path, self.recorded_files)
+            self.shard_rows = [int(n) for n in table[schema.SHARD_ROWS][()]]
             self.shard_sizes = [int(n) for n in table[schema.SHARD_SIZES][()]]
             self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
             ids = table[schema.SHARD_IDS].asstr()[()] if schema.SHARD_IDS in table else [""] * len(self.shard_files)
@@ -74,7 +76,7 @@ class FeatureCache:
             self._row_index = self._file[schema.ROW_INDEX][()]
             expected = schema.rows_digest(
                 self.paths, [r.content_hash for r in self.records()], self.labels, list(self.splits), self.class_names,
-                self._row_shard, self._row_index, [str(n) for n in table[schema.SHARD_FILES].asstr()[()]],
+                self._row_shard, self._row_index, self.recorded_files,
             )
             if str(attrs.get("rows_digest", "")) != expected:
                 raise ValueError("rows digest")
@@ -135,6 +137,21 @@ class FeatureCache:
         integrity.check_rows(file, self.path, block, self._checksums[shard], start)
         return block
 
+    def _store(self, shard: int, start: int, block: np.ndarray, target: np.ndarray) -> None:
+        """Put a shard's rows into ``target`` (converting float16 to float32 at memory speed); a
+        NaN or infinite value is a missing or damaged row, an error naming the shard, never data."""
+        if block.dtype == np.float16 and target.dtype == np.float32 and target.flags.c_contiguous:
+            finite = halves.widen(block, target)
+        else:
+            target[...] = block
+            finite = halves.finite_halves(block) if block.dtype == np.float16 else _finite(block)
+        if not finite:
+            row = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0])
+            raise CacheError(
+                f"{self.shard_files[shard]}: row {row} reads as NaN or infinity (a missing or damaged row), in {self.path}; "
+                f"run `pipeline verify --repair {self.path}`, then `pipeline extract` again to extract its images again"
+            )
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -155,6 +172,12 @@ class FeatureCache:
         """The index and every shard it lists: what the cache takes on disk."""
         return sum(file.stat().st_size for file in {self.path, *self.shard_files})
 
+    @property
+    def shard_compression(self) -> list[str]:
+        """How each shard stores its features (``none`` or ``gzip``), as the shard says."""
+        return [str(handle.attrs.get(schema.COMPRESSION, "gzip" if handle[schema.FEATURES].compression else "none"))
+                for handle in self._shards]
+
     def records(self) -> list[FileRecord]:
         return read_records(self._file)
 
@@ -162,53 +185,89 @@ class FeatureCache:
         return read_skipped(self._file)
 
     def iter_features(
-        self, indices: np.ndarray | None = None, batch_size: int = 256, dtype: np.dtype | str = np.float32
+        self, indices: np.ndarray | None = None, batch_size: int = 256, dtype: np.dtype | str | None = np.float32
     ) -> Iterator[np.ndarray]:
         """Yield the features of ``indices`` (all rows if None), in that order, batch by batch.
 
         Reads go through whole chunks in index order, so a shuffled index array costs
-        no more than a sorted one of the same rows within each batch.
+        no more than a sorted one of the same rows within each batch. ``dtype=None`` yields
+        the storage dtype.
         """
         if indices is None:
             indices = np.arange(len(self))
         indices = np.asarray(indices, dtype=np.int64)
         for start in range(0, len(indices), batch_size):
             wanted = indices[start : start + batch_size]
-            order = np.argsort(wanted, kind="stable")
-            sorted_rows = wanted[order]
-            block = np.empty((len(wanted), *self.feature_shape), dtype=dtype)
-            shard, index = self._row_shard[sorted_rows], self._row_index[sorted_rows]
-            runs = np.flatnonzero((np.diff(shard) != 0) | (np.diff(index) != 1)) + 1
-            in_order = bool((np.diff(wanted) > 0).all())
-            position = 0
-            for run in np.split(np.arange(len(sorted_rows)), runs):
-                if len(run) == 0:
-                    continue
-                first = int(index[run[0]])
-                where = slice(position, position + len(run)) if in_order else order[position : position + len(run)]
-                block[where] = self._read(int(shard[run[0]]), first, first + len(run))
-                position += len(run)
+            block = np.empty((len(wanted), *self.feature_shape), dtype=self.storage_dtype if dtype is None else dtype)
+            self._fill(wanted, block)
             yield block
+
+    def _fill(self, wanted: np.ndarray, out: np.ndarray) -> None:
+        """Read the rows ``wanted`` into ``out`` (any float dtype), one run of a shard's rows at a time."""
+        order = np.argsort(wanted, kind="stable")
+        sorted_rows = wanted[order]
+        shard, index = self._row_shard[sorted_rows], self._row_index[sorted_rows]
+        runs = np.flatnonzero((np.diff(shard) != 0) | (np.diff(index) != 1)) + 1
+        in_order = bool((np.diff(wanted) > 0).all())
+        position = 0
+        for run in np.split(np.arange(len(sorted_rows)), runs):
+            if len(run) == 0:
+                continue
+            first = int(index[run[0]])
+            block = self._read(int(shard[run[0]]), first, first + len(run))
+            if in_order:
+                self._store(int(shard[run[0]]), first, block, out[position : position + len(run)])
+            else:
+                placed = np.empty(block.shape, dtype=out.dtype)
+                self._store(int(shard[run[0]]), first, block, placed)
+                out[order[position : position + len(run)]] = placed
+            position += len(run)
 
     def features(
         self,
         indices: np.ndarray | None = None,
-        dtype: np.dtype | str = np.float32,
+        dtype: np.dtype | str | None = np.float32,
         on_block: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Load the features of ``indices`` (all rows if None) into memory, in that order.
 
-        ``on_block(n)`` is called after each block of ``n`` rows, e.g. to advance a progress bar.
+        Each block is read straight into its place in the result (no second copy), and a
+        float16 cache converts while it copies, so float16 reads no slower than float32.
+        ``dtype=None`` returns the storage dtype. ``on_block(n)`` is called after each block
+        of ``n`` rows, e.g. to advance a progress bar.
         """
-        n = len(self) if indices is None else len(indices)
-        out = np.empty((n, *self.feature_shape), dtype=dtype)
-        position = 0
-        for block in self.iter_features(indices, batch_size=1024, dtype=dtype):
-            out[position : position + len(block)] = block
-            position += len(block)
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), *self.feature_shape), dtype=self.storage_dtype if dtype is None else dtype)
+        for start in range(0, len(indices), _BLOCK_ROWS):
+            wanted = indices[start : start + _BLOCK_ROWS]
+            self._fill(wanted, out[start : start + len(wanted)])
             if on_block is not None:
-                on_block(len(block))
+                on_block(len(wanted))
         return out
+
+
+_BLOCK_ROWS = 1024
+
+
+def _finite(block: np.ndarray) -> bool:
+    """Whether every value is finite: two reductions (NaN propagates through both), no mask."""
+    return not block.size or bool(np.isfinite(block.min()) and np.isfinite(block.max()))
+
+
+def locate_shards(index: Path, recorded: list[str]) -> tuple[list[Path], bool]:
+    """Where the shards the index lists are now, and whether that is not where it recorded them.
+
+    Recorded paths are relative to the index's folder, so a moved folder (index and shards
+    together) reads as it is, and so does an index renamed alone (its shards folder keeps
+    the old name). When a recorded shards folder is missing but the folder named after the
+    index as it is called now is there (both renamed together), the shards are looked for
+    there; the next commit records that folder, so plain HDF5 readers find them again.
+    """
+    folder = index.resolve().parent
+    files = [folder / name for name in recorded]
+    current = schema.shards_dir(index.resolve())
+    moved = {parent for parent in {file.parent for file in files} if not parent.is_dir() and current.is_dir()}
+    return [current / file.name if file.parent in moved else file for file in files], bool(moved)
 
 
 def _allow_open_files(count: int) -> None:

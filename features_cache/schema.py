@@ -3,7 +3,8 @@
 A cache is an index file plus a folder of shards beside it (``shards_dir``). The index
 holds one row per image in these datasets (all of length N):
 
-- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards
+- ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards,
+                     NaN where a shard cannot be found (any HDF5 reader sees a missing row)
 - ``labels``         (N,) int32, index into ``class_names``
 - ``class_names``    (C,) UTF-8 strings, sorted
 - ``paths``          (N,) UTF-8 paths relative to the data root, sorted
@@ -20,7 +21,8 @@ a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_s
 fields for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
 library versions and bookkeeping such as ``complete``. A shard holds ``features``
-(fletcher32-checked chunks), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
+(fletcher32-checked chunks of whole images that tile its rows, gzip-compressed where its
+``compression`` attribute says so), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
 recipe. Version 1, one standalone file with the features inside, is still read, and is
 what ``compact --to`` writes (with the same checksums and id as a shard).
 """
@@ -67,6 +69,8 @@ ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 SPLITS = ("train", "val", "test")
 PILLOW = "pillow"
 CHUNK_TARGET_BYTES = 1 << 20
+EXTRACT_SHARD_ROWS = 2048  # images per shard extract writes: about 490 files per million images
+EXTRACT_SHARD_SECONDS = 30.0  # or this much work, whichever comes first: what a kill can lose at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,28 @@ def chunk_rows(feature_shape: tuple[int, ...], itemsize: int) -> int:
     for dim in feature_shape:
         per_image *= dim
     return max(1, CHUNK_TARGET_BYTES // per_image)
+
+
+def tiling_chunk_rows(rows: int, feature_shape: tuple[int, ...], itemsize: int) -> int:
+    """Whole images per chunk of a shard of ``rows`` rows: the largest divisor of ``rows`` that
+    keeps a chunk within :data:`CHUNK_TARGET_BYTES`, so chunks tile the shard with no padding
+    (HDF5 stores a partial last chunk at full size)."""
+    limit = min(chunk_rows(feature_shape, itemsize), max(1, rows))
+    return next(d for d in range(limit, 0, -1) if rows % d == 0) if rows else 1
+
+
+COMPRESSIONS = ("none", "gzip")
+COMPRESSION = "compression"  # a shard's attribute: how its features are stored (not part of the recipe)
+
+
+def compression_filters(compression: str) -> dict[str, object]:
+    """h5py dataset options for a shard's features: gzip is level 1 after byte shuffling, the
+    filter every HDF5 build (and so every HDF5 reader) has."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if compression == "none":
+        return {}
+    raise ValueError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
 
 
 def rows_digest(

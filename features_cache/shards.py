@@ -54,31 +54,39 @@ def file_digest(path: str | Path) -> str:
 
 
 def write_shard(
-    path: Path, recipe: schema.Recipe, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile]
+    path: Path, recipe: schema.Recipe, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile],
+    compression: str = "none",
 ) -> str:
     """Write one shard atomically and return its new random id; features carry a fletcher32
-    checksum per chunk and a checksum per row (which chunk is which row)."""
-    feature_shape = tuple(features.shape[1:])
-    dtype = np.dtype(recipe.storage_dtype)
-    per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
-    stored = np.asarray(features, dtype=dtype)
+    checksum per chunk and a checksum per row (which chunk is which row).
+
+    Chunks hold whole images and tile the rows exactly (no padding). ``compression`` (``none``
+    or ``gzip``) is recorded in the shard: shards of both kinds mix freely in one cache.
+    """
+    stored = np.asarray(features, dtype=np.dtype(recipe.storage_dtype))
     shard_id = integrity.new_id()
     with atomic_h5(path) as f:
         f.create_dataset(schema.ROW_CHECKSUM, data=integrity.row_checksums(stored))
         f.attrs[schema.SHARD_ID] = shard_id
-        f.create_dataset(
-            schema.FEATURES,
-            data=stored,
-            chunks=(max(1, min(per_chunk, len(features))), *feature_shape),
-            maxshape=(None, *feature_shape),
-            fletcher32=True,
-        )
+        f.attrs[schema.COMPRESSION] = compression
+        write_rows(f, schema.FEATURES, stored, compression)
         write_records(f, records)
         write_skipped(f, skipped)
         f.attrs.update(recipe.to_attrs())
         f.attrs["identity"] = recipe.fingerprint()
         f.attrs["schema_version"] = schema.SCHEMA_VERSION
     return shard_id
+
+
+def write_rows(f: h5py.File, name: str, rows: np.ndarray, compression: str = "none") -> h5py.Dataset:
+    """One per-row dataset of a shard (``features``, or another of whole images per row): chunks of
+    whole rows that tile it, each with a fletcher32 checksum, filtered as ``compression`` says."""
+    shape = tuple(rows.shape[1:])
+    per_chunk = schema.tiling_chunk_rows(len(rows), shape, rows.dtype.itemsize)
+    return f.create_dataset(
+        name, data=rows, chunks=(per_chunk, *shape), maxshape=(None, *shape), fletcher32=True,
+        **schema.compression_filters(compression),
+    )
 
 
 def open_shard(path: Path, recipe: schema.Recipe, *, read_features: bool) -> Shard:

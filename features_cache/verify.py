@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from features_cache import integrity, schema
+from features_cache import halves, integrity, schema
 from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
 from features_cache.shards import file_digest
@@ -41,7 +42,11 @@ def _unreadable(file: Path) -> list[tuple[Path, str]]:
         with h5py.File(file, "r") as f:
             features, sums = f[schema.FEATURES], integrity.stored_checksums(f)
             for start in range(0, len(features), 4096):
-                integrity.check_rows(file, file, features[start : start + 4096], sums, start)
+                block = features[start : start + 4096]
+                integrity.check_rows(file, file, block, sums, start)
+                if not (halves.finite_halves(block) if block.dtype == np.float16 else np.isfinite(block).all()):
+                    row = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0])
+                    return [(file, f"row {row} reads as NaN or infinity (a missing or damaged row, never a feature)")]
     except (OSError, KeyError) as error:
         return [(file, f"features cannot be read ({str(error).splitlines()[0]})")]
     except CacheError as error:

@@ -93,7 +93,7 @@ def write_skipped(group: h5py.Group, skipped: Sequence[SkippedFile]) -> None:
     write_stamps(sub, [s.stamp for s in skipped])
 
 
-class _OpenFiles:
+class OpenFiles:
     """A few source files kept open while rows are copied, most recently used first."""
 
     def __init__(self, limit: int = 32) -> None:
@@ -154,25 +154,19 @@ def write_index(
     """Write the index: row metadata, the shard table and ``features`` as a virtual dataset.
 
     ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest, id)``; every
-    row's source file must be one of them. Only this small file is rewritten per commit.
+    row's source file must be one of them. Only this small file is rewritten per commit: the
+    per-row work is the row metadata itself (each distinct source file is resolved once).
     """
     path = Path(path)
-    dtype = np.dtype(recipe.storage_dtype)
     number = {name: i for i, (name, *_rest) in enumerate(shards)}
     folder = path.parent.resolve()
-    relative = [os.path.relpath(Path(r.source.file).resolve(), folder) for r in rows]
-    row_shard = np.array([number[name] for name in relative], dtype=np.int32)
+    relative: dict[str, str] = {}
+    for file in dict.fromkeys(r.source.file for r in rows):
+        relative[file] = os.path.relpath(Path(file).resolve(), folder)
+    row_shard = np.array([number[relative[r.source.file]] for r in rows], dtype=np.int32)
     row_index = np.array([r.source.index for r in rows], dtype=np.int64)
-    layout = h5py.VirtualLayout(shape=(len(rows), *feature_shape), dtype=dtype)
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or row_shard[i] != row_shard[start] or row_index[i] != row_index[start] + (i - start):
-            name, count = shards[row_shard[start]][0], shards[row_shard[start]][1]
-            source = h5py.VirtualSource(name, schema.FEATURES, shape=(count, *feature_shape), dtype=dtype)
-            layout[start:i] = source[int(row_index[start]) : int(row_index[start]) + (i - start)]
-            start = i
     with atomic_h5(path, "index") as f:
-        f.create_virtual_dataset(schema.FEATURES, layout)
+        write_virtual(f, schema.FEATURES, virtual_layout(shards, row_shard, row_index, feature_shape, np.dtype(recipe.storage_dtype)))
         _common(f, recipe, class_names, rows, skipped, attrs)
         table = f.create_group(schema.SHARDS)
         write_strings(table, schema.SHARD_FILES, [s[0] for s in shards])
@@ -189,6 +183,32 @@ def write_index(
         )
         f.attrs["schema_version"] = schema.SCHEMA_VERSION
         f.attrs["complete"] = np.int8(1)
+
+
+def virtual_layout(
+    shards: Sequence[tuple], row_shard: np.ndarray, row_index: np.ndarray, row_shape: tuple[int, ...], dtype: np.dtype,
+    dataset: str = schema.FEATURES,
+) -> h5py.VirtualLayout:
+    """The index's view of one per-row shard dataset (``features``, or any other of the same
+    row layout): one mapping per run of consecutive rows of one shard, found by the shard's
+    path relative to the index's folder (which HDF5 resolves from the index's own folder)."""
+    layout = h5py.VirtualLayout(shape=(len(row_shard), *row_shape), dtype=dtype)
+    breaks = np.flatnonzero((np.diff(row_shard) != 0) | (np.diff(row_index) != 1)) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64) if len(row_shard) else np.zeros(0, np.int64)
+    stops = np.concatenate([breaks, [len(row_shard)]]).astype(np.int64) if len(row_shard) else np.zeros(0, np.int64)
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        name, count = shards[row_shard[start]][0], shards[row_shard[start]][1]
+        source = h5py.VirtualSource(name, dataset, shape=(count, *row_shape), dtype=dtype)
+        first = int(row_index[start])
+        layout[start:stop] = source[first : first + (stop - start)]
+    return layout
+
+
+def write_virtual(f: h5py.File, name: str, layout: h5py.VirtualLayout) -> None:
+    """A virtual dataset whose rows read as NaN where a shard cannot be found (a missing
+    shard, a moved folder): any HDF5 reader then sees missing rows, never zeros."""
+    fill = np.nan if np.dtype(layout.dtype).kind == "f" else 0
+    f.create_virtual_dataset(name, layout, fillvalue=fill)
 
 
 def write_cache(
@@ -210,7 +230,7 @@ def write_cache(
     """
     dtype = np.dtype(recipe.storage_dtype)
     per_chunk = schema.chunk_rows(feature_shape, dtype.itemsize)
-    sources = _OpenFiles()
+    sources = OpenFiles()
     sums = np.zeros(len(rows), dtype=np.uint64)
     try:
         with reserved(path, standalone_bytes(feature_shape, dtype, rows)), atomic_h5(path, "standalone", in_memory=False) as f:

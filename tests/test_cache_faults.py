@@ -23,7 +23,7 @@ import pytest
 from image_factory import make_class_folders, photo, save
 from test_extract import assert_same_cache, cli_args, options, snapshot
 
-from features_cache import schema
+from features_cache import integrity, schema
 from features_cache.compact import compact
 from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
@@ -263,3 +263,126 @@ def test_compact_and_version_one_caches(data, reference, weights_file, tmp_path,
     with FeatureCache(old) as upgraded:
         assert upgraded.version == schema.SCHEMA_VERSION
     assert_same_cache(snapshot(old), reference)
+
+
+def _h5dump_rows(index: Path, rows: list[int]) -> list[str]:
+    """The first value of each of ``rows`` of ``features`` as HDF5's own ``h5dump`` prints it."""
+    values = []
+    for row in rows:
+        done = subprocess.run(["h5dump", "-d", "features", "-s", f"{row},0,0,0", "-c", "1,1,1,1", str(index)],
+                              capture_output=True, text=True, cwd=index.parent)
+        assert done.returncode == 0, done.stderr
+        values.append(done.stdout.split(f"({row},0,0,0):")[1].split()[0])
+    return values
+
+
+def _plain_read(index: Path) -> np.ndarray:
+    with h5py.File(index, "r") as f:
+        return f[schema.FEATURES][()]
+
+
+def test_a_deleted_shard_reads_as_nan_in_hdf5_readers_and_is_an_error_in_the_product(data, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    with FeatureCache(cache) as before:
+        gone = before.shard_files[1]
+        rows = [i for i, (file, _) in enumerate(before.sources()) if file == gone]
+        expected = before.features()
+    gone.unlink()
+    plain = _plain_read(cache)
+    assert np.isnan(plain[rows]).all(), "a missing shard's rows must read as NaN, never zeros"
+    kept = np.setdiff1d(np.arange(len(plain)), rows)
+    np.testing.assert_array_equal(plain[kept], expected[kept])
+    if shutil.which("h5dump"):
+        assert [v.lower().strip(",") for v in _h5dump_rows(cache, [rows[0], int(kept[0])])][0] == "nan"
+    with pytest.raises(CacheError, match=f"{gone.name}: shard of .* is missing or damaged; run `pipeline extract`"):
+        FeatureCache(cache)
+    capsys.readouterr()
+    assert main(["verify", str(cache)]) == 2
+    assert "missing or damaged" in capsys.readouterr().err
+
+
+def test_a_row_that_reads_as_nan_is_an_error_naming_the_shard_never_data(data, weights_file, tmp_path, capsys):
+    cache = tmp_path / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    with FeatureCache(cache) as before:
+        shard = before.shard_files[0]
+    with h5py.File(shard, "r+") as f:  # a NaN written with its own checksum: only the NaN check can tell
+        row = f[schema.FEATURES][1]
+        row.reshape(-1)[0] = np.nan
+        f[schema.FEATURES][1] = row
+        sums = f[schema.ROW_CHECKSUM][()]
+        sums[1] = integrity.row_checksums(row[None])[0]
+        f[schema.ROW_CHECKSUM][...] = sums
+    with FeatureCache(cache) as reader, pytest.raises(CacheError, match=f"{shard.name}: row 1 reads as NaN .* run `pipeline verify --repair"):
+        reader.features()
+    capsys.readouterr()
+    assert main(["verify", str(cache)]) == 1
+    err = capsys.readouterr().err
+    assert f"{shard}: " in err and "row 1 reads as NaN" in err, err
+
+
+@pytest.mark.parametrize("how", ["index renamed alone", "both renamed together", "both moved and renamed"])
+def test_a_renamed_or_moved_cache_reads_the_same_everywhere(how, data, reference, weights_file, tmp_path, capsys):
+    source = tmp_path / "photos"
+    shutil.copytree(data, source)
+    held = tmp_path / "held.jpg"
+    shutil.move(source / "a" / "img_000.jpg", held)  # added by a later extract
+    cache = tmp_path / "features.h5"
+    run_extract(options(source, cache, weights_file))
+    expected = snapshot(cache)["features"]
+    target = {"index renamed alone": tmp_path / "renamed.h5", "both renamed together": tmp_path / "renamed.h5",
+              "both moved and renamed": tmp_path / "elsewhere" / "deeper" / "moved.h5"}[how]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(cache, target)
+    if how != "index renamed alone":
+        shutil.move(schema.shards_dir(cache), schema.shards_dir(target))
+    np.testing.assert_array_equal(snapshot(target)["features"], expected)  # the product reads it at once
+    capsys.readouterr()
+    assert main(["info", str(target)]) == 0
+    if how == "index renamed alone":
+        np.testing.assert_array_equal(_plain_read(target), expected)  # and so does every HDF5 reader
+        assert main(["verify", str(target)]) == 0
+    else:
+        assert "plain HDF5 readers see NaN rows until `pipeline verify --repair" in capsys.readouterr().out
+        assert np.isnan(_plain_read(target)).all()  # NaN, never zeros, until the index names the new folder
+        assert main(["verify", str(target)]) == 1
+        assert "plain HDF5 readers of" in capsys.readouterr().err
+        assert main(["verify", "--repair", str(target)]) == 0
+        assert main(["verify", str(target)]) == 0
+    np.testing.assert_array_equal(_plain_read(target), expected)
+    if shutil.which("h5dump"):
+        assert [float(v.strip(",")) for v in _h5dump_rows(target, [0, len(expected) - 1])] == pytest.approx(
+            [float(expected[0].reshape(-1)[0]), float(expected[-1].reshape(-1)[0])], rel=1e-5)  # h5dump prints 6 digits
+    shutil.move(held, source / "a" / "img_000.jpg")
+    assert extract(source, target, weights_file, capsys)[0] == 0  # a later extract adds the image
+    assert_same_cache(snapshot(target), reference)
+    np.testing.assert_array_equal(_plain_read(target), snapshot(target)["features"])
+    compact(target)
+    assert_same_cache(snapshot(target), reference)
+    np.testing.assert_array_equal(_plain_read(target), snapshot(target)["features"])
+    assert main(["verify", str(target)]) == 0
+
+
+def test_a_streaming_reader_keeps_its_snapshot_through_compact_and_garbage_collection(data, weights_file, tmp_path):
+    source = tmp_path / "photos"
+    shutil.copytree(data, source)
+    cache = tmp_path / "features.h5"
+    run_extract(options(source, cache, weights_file))
+    expected = snapshot(cache)
+    with FeatureCache(cache) as reader:  # a `--load stream` training run: batch by batch, for a long time
+        batches = reader.iter_features(np.random.default_rng(0).permutation(len(reader)), batch_size=4)
+        seen = [next(batches)]
+        compact(cache)  # every shard the reader opened is deleted
+        assert not any(file.exists() for file in reader.shard_files)
+        seen.append(next(batches))
+        for name in ("a/img_000.jpg", "a/img_001.jpg", "b/img_005.jpg"):
+            (source / name).unlink()
+        report = run_extract(options(source, cache, weights_file))  # drops rows, collects the shard compact made
+        assert report.written and report.removed == 3
+        seen.extend(batches)
+        order = np.random.default_rng(0).permutation(len(reader))
+        np.testing.assert_array_equal(np.concatenate(seen), expected["features"][order])
+        assert reader.paths == expected["paths"]
+    with FeatureCache(cache) as after:
+        assert len(after) == len(expected["paths"]) - 3

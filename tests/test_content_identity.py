@@ -134,7 +134,8 @@ def test_an_orphan_is_adopted_only_for_its_own_content(tmp_path, weights_file):
     data = bmp_folders(tmp_path / "bmps", {"a": 8, "b": 1})
     cache = tmp_path / "features.h5"
     command = [sys.executable, "-m", "pipeline", "extract", str(data), "--cache", str(cache), "--weights", str(weights_file),
-               "--image-size", "32", "--batch-size", "4", "--precision", "float32", "--storage", "float32", "--workers", "1"]
+               "--image-size", "32", "--batch-size", "4", "--shard-rows", "4", "--precision", "float32", "--storage", "float32",
+               "--workers", "1"]
     killed = subprocess.run(command, cwd=REPO, env={**os.environ, "PIPELINE_KILL_AT": "shard-written:1"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -37,7 +37,8 @@ def photos(tmp_path) -> Path:
 
 
 def options(data: Path, cache: Path, weights: Path, **overrides) -> ExtractOptions:
-    settings = {"image_size": 32, "batch_size": 4, "precision": "float32", "storage_dtype": "float32"}
+    # a shard per batch of 4 (extract gathers 2,048 rows a shard by default), so tests see many shards
+    settings = {"image_size": 32, "batch_size": 4, "precision": "float32", "storage_dtype": "float32", "shard_rows": 4}
     return ExtractOptions(data=str(data), cache=str(cache), weights=str(weights), **{**settings, **overrides})
 
 
@@ -216,7 +217,7 @@ def wait_for_shards(process: subprocess.Popen, cache_path: Path, count: int) -> 
 def cli_args(data: Path, cache_path: Path, weights_file: Path) -> list[str]:
     return [
         "extract", str(data), "--cache", str(cache_path), "--weights", str(weights_file),
-        "--image-size", "32", "--batch-size", "4", "--precision", "float32",
+        "--image-size", "32", "--batch-size", "4", "--precision", "float32", "--shard-rows", "4",
     ]
 
 

@@ -9,11 +9,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("compact", help="rewrite a cache's live rows into fresh shards, or into one file")
     parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
     parser.add_argument("--to", default=None, help="write one standalone HDF5 file here instead (the cache is unchanged)")
+    parser.add_argument(
+        "--compression", default=None, choices=("none", "gzip"),
+        help="how the rewritten shards store features (default: as most of the cache's shards do)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from features_cache.compact import compact
 
-    print(f"wrote {compact(args.cache, args.to)}")
+    print(f"wrote {compact(args.cache, args.to, args.compression)}")
     return 0

@@ -17,7 +17,7 @@ from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
-from features_cache.writer import FeatureSource, Row, write_index
+from features_cache.writer import FeatureSource, OpenFiles, Row, write_index
 from pipeline.errors import PipelineError
 from pipeline.extraction.sources import Dataset
 from pipeline.versions import library_versions
@@ -41,6 +41,7 @@ def unchanged(old: FeatureCache, dataset: Dataset, class_names: list[str], rows:
         and list(old.labels) == [row.label for row in rows]
         and list(old.splits) == [row.split for row in rows]
         and old.skipped() == skipped
+        and not old.relocated  # shards found under the index's new name: record where they are
     )
 
 
@@ -61,8 +62,11 @@ def commit(
 
     ``versions`` are the libraries the features were made with: this process's by default, the
     old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
-    rows = _into_shards(cache_path, recipe, rows, feature_shape)
-    table = _shard_table(cache_path, rows, old, known)
+    shards = {shard.path.resolve() for shard in known}
+    if old is not None and old.version == schema.SCHEMA_VERSION:
+        shards |= {file.resolve() for file in old.shard_files}
+    rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape, shards)
+    table = _shard_table(cache_path, rows, old, [*known, *upgraded])
     attrs = {
         "data_root": str(dataset.root),
         "source_kind": dataset.kind,
@@ -82,45 +86,65 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _into_shards(cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...]) -> list[Row]:
-    """Copy rows whose features are not in a shard (a version-1 cache being upgraded) into new shards."""
-    folder = schema.shards_dir(cache_path).resolve()
-    outside = [i for i, row in enumerate(rows) if Path(row.source.file).resolve().parent != folder]
+def _into_shards(
+    cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...], shards: set[Path],
+) -> tuple[list[Row], list[Shard]]:
+    """Copy rows whose features are in no shard (those of a version-1 cache being upgraded) into
+    new shards; returns the rows and the shards written. ``shards`` are the shard files known
+    (the old index's, wherever their folder is, and those just written or adopted)."""
+    inside = {file: Path(file).resolve() in shards for file in dict.fromkeys(row.source.file for row in rows)}
+    outside = [i for i, row in enumerate(rows) if not inside[row.source.file]]
     if not outside:
-        return rows
+        return rows, []
+    folder = schema.shards_dir(cache_path)
     folder.mkdir(exist_ok=True)
     rows = list(rows)
-    per_shard = max(1, schema.chunk_rows(feature_shape, np.dtype(recipe.storage_dtype).itemsize) * 16)
-    for start in range(0, len(outside), per_shard):
-        part = outside[start : start + per_shard]
-        with h5py.File(rows[part[0]].source.file, "r") as f:
-            features = np.stack([f[schema.FEATURES][rows[i].source.index] for i in part])
-        path = new_shard_path(cache_path)
-        try:
-            write_shard(path, recipe, features, [rows[i].record for i in part], [])
-        except OSError as error:
-            rest = len(outside) - start
-            needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))
-            raise PipelineError(str(no_space(folder, needed, error))) from None
-        for n, i in enumerate(part):
-            rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
-    return rows
+    written = []
+    per_shard = schema.EXTRACT_SHARD_ROWS
+    sources = OpenFiles()
+    try:
+        for start in range(0, len(outside), per_shard):
+            part = outside[start : start + per_shard]
+            features = np.stack([sources.features(rows[i].source.file)[rows[i].source.index] for i in part])
+            path = new_shard_path(cache_path)
+            records = [rows[i].record for i in part]
+            try:
+                shard_id = write_shard(path, recipe, features, records, [])
+            except OSError as error:
+                rest = len(outside) - start
+                needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))
+                raise PipelineError(str(no_space(folder, needed, error))) from None
+            written.append(Shard(path, path.stat().st_size, file_digest(path), records, [], shard_id))
+            for n, i in enumerate(part):
+                rows[i] = dataclasses.replace(rows[i], source=FeatureSource(str(path), n))
+    finally:
+        sources.close()
+    return rows, written
 
 
 def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, known: list[Shard]) -> list[tuple[str, int, int, str, str]]:
-    """``(relative file, rows, bytes, digest, id)`` of every shard a row refers to, in first-use order."""
-    facts: dict[Path, tuple[int, str, str]] = {}
+    """``(relative file, rows, bytes, digest, id)`` of every shard a row refers to, in first-use order.
+
+    What the old index and the shards just written or adopted already say is taken as said:
+    no old shard is opened, so a commit costs the new shards and the index, whatever N is.
+    """
+    facts: dict[Path, tuple[int, int, str, str]] = {}
     if old is not None and old.version == schema.SCHEMA_VERSION:
-        facts = {f.resolve(): (size, digest, shard_id)
-                 for f, size, digest, shard_id in zip(old.shard_files, old.shard_sizes, old.shard_digests, old.shard_ids)}
-    facts.update({shard.path.resolve(): (shard.size, shard.digest, shard.shard_id) for shard in known})
+        facts = {f.resolve(): (count, size, digest, shard_id) for f, count, size, digest, shard_id
+                 in zip(old.shard_files, old.shard_rows, old.shard_sizes, old.shard_digests, old.shard_ids)}
+    facts.update({shard.path.resolve(): (len(shard.records), shard.size, shard.digest, shard.shard_id) for shard in known})
     folder = cache_path.parent.resolve()
     table: dict[Path, tuple[str, int, int, str, str]] = {}
-    for row in rows:
-        file = Path(row.source.file).resolve()
+    for name in dict.fromkeys(row.source.file for row in rows):
+        file = Path(name).resolve()
         if file not in table:
-            with h5py.File(file, "r") as f:
-                count, own_id = len(f[schema.FEATURES]), integrity.stored_id(f)
-            size, digest, shard_id = facts.get(file) or (file.stat().st_size, file_digest(file), own_id)
+            count, size, digest, shard_id = facts.get(file) or _facts_of(file)
             table[file] = (os.path.relpath(file, folder), count, size, digest, shard_id)
     return list(table.values())
+
+
+def _facts_of(file: Path) -> tuple[int, int, str, str]:
+    """Rows, bytes, digest and id of a shard nothing has described yet, read from the file."""
+    with h5py.File(file, "r") as f:
+        count, shard_id = len(f[schema.FEATURES]), integrity.stored_id(f)
+    return count, file.stat().st_size, file_digest(file), shard_id

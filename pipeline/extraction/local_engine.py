@@ -29,7 +29,8 @@ def extract_locally(
     ``index_rows`` (the rows the commit will index) sizes the message of a full disk."""
     started = time.perf_counter()
     writer = ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy,
-                         remaining_rows=len(todo), index_rows=index_rows)
+                         remaining_rows=len(todo), index_rows=index_rows, shard_rows=options.shard_rows,
+                         compression=options.compression)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(todo))
     if recipe.decoder == schema.PILLOW:

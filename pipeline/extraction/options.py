@@ -47,6 +47,8 @@ class ExtractOptions:
     force: bool = False
     prune: bool = False
     keep_orphans: bool = False
+    compression: str = "none"
+    shard_rows: int = schema.EXTRACT_SHARD_ROWS
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -61,6 +63,10 @@ def check_options(options: ExtractOptions) -> None:
     if options.image_size < 1:
         raise PipelineError(f"--image-size must be a positive number of pixels, got {options.image_size}")
     check_backbone(options.backbone)
+    if options.compression not in schema.COMPRESSIONS:
+        raise PipelineError(f"unknown --compression {options.compression!r}; use one of {', '.join(schema.COMPRESSIONS)}")
+    if options.shard_rows < 1:
+        raise PipelineError(f"--shard-rows must be at least 1, got {options.shard_rows}")
     if options.decoder != "gpu":
         resolve_decoder(options.decoder, options.workers or 1)
     if options.decoder == "gpu" and options.engine == "ray":
@@ -117,6 +123,7 @@ def _weights_digest(options: ExtractOptions) -> str | None:
 
 _NOT_IN_REQUEST = (
     "data", "cache", "workers", "decoder", "force", "prune", "keep_orphans", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
+    "compression", "shard_rows",  # how shards store features, not what the features are
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,13 +29,23 @@ def check_finite(features: np.ndarray, records: list[FileRecord]) -> None:
         )
 
 
+SHARD_ROWS = schema.EXTRACT_SHARD_ROWS  # 100 MB of float16 at 224 px held at most before it is written
+SHARD_SECONDS = schema.EXTRACT_SHARD_SECONDS
+
+
 class ShardWriter:
-    """Brings each batch's features to the host, checks them and writes them as a shard, on a
-    background thread: the model's loop never waits for a copy, a check or a disk."""
+    """Brings each batch's features to the host, checks them and writes them into shards, on a
+    background thread: the model's loop never waits for a copy, a check or a disk.
+
+    Batches gather into one shard until it holds ``shard_rows`` rows (and skips) or its first
+    batch is ``shard_seconds`` old, so a kill loses at most that much work while a cache of
+    millions of images stays thousands of files. ``close`` writes what has gathered (an
+    interrupted run keeps every finished batch)."""
 
     def __init__(
         self, cache_path: Path, recipe: schema.Recipe, feature_shape: tuple[int, ...], to_numpy: Callable[[object], np.ndarray],
-        *, remaining_rows: int = 0, index_rows: int = 0,
+        *, remaining_rows: int = 0, index_rows: int = 0, shard_rows: int = SHARD_ROWS, shard_seconds: float = SHARD_SECONDS,
+        compression: str = "none",
     ) -> None:
         """``remaining_rows`` (images still to write) and ``index_rows`` (rows of the index to
         commit) size the "free N MB" of a full disk: what the rest of the job needs, not one batch."""
@@ -42,32 +53,57 @@ class ShardWriter:
         self._recipe = recipe
         self._feature_shape = feature_shape
         self._to_numpy = to_numpy
+        self._shard_rows = max(1, shard_rows)
+        self._shard_seconds = shard_seconds
+        self._compression = compression
         self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._needed = 0
         self._remaining = remaining_rows
         self._index_rows = index_rows
+        self._gathered: list[tuple[np.ndarray, list[FileRecord], list[SkippedFile]]] = []
+        self._gathered_since = 0.0
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write(*item)
-                except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
-                    self._error = error
+            self._guarded(self._gather, *item)
+        self._guarded(self._flush)
 
-    def _write(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
+    def _guarded(self, step: Callable, *args) -> None:
+        if self._error is None:
+            try:
+                step(*args)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
+                self._error = error
+
+    def _gather(self, features, count: int, records: list[FileRecord], skipped: list[SkippedFile]) -> None:
         if count:
-            host = self._to_numpy(features)[:count]
+            host = np.asarray(self._to_numpy(features)[:count])
             check_finite(host, records)
+            host = host.astype(self._recipe.storage_dtype, copy=False)
         else:
             host = np.zeros((0, *self._feature_shape), dtype=self._recipe.storage_dtype)
+        if not self._gathered:
+            self._gathered_since = time.monotonic()
+        self._gathered.append((host, records, skipped))
+        gathered = sum(len(r) + len(s) for _, r, s in self._gathered)
+        if gathered >= self._shard_rows or time.monotonic() - self._gathered_since >= self._shard_seconds:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what has gathered as one shard."""
+        if not self._gathered:
+            return
+        host = np.concatenate([h for h, _, _ in self._gathered]) if len(self._gathered) > 1 else self._gathered[0][0]
+        records = [r for _, rs, _ in self._gathered for r in rs]
+        skipped = [s for _, _, ss in self._gathered for s in ss]
+        self._gathered = []
         self._needed = self._rest_of_job(host, records, skipped)
         path = new_shard_path(self._cache_path)
-        shard_id = write_shard(path, self._recipe, host, records, skipped)
+        shard_id = write_shard(path, self._recipe, host, records, skipped, self._compression)
         self._remaining -= len(records) + len(skipped)
         self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped, shard_id))
         checkpoint("shard-written")
