@@ -60,12 +60,15 @@ def reference(data, weights_file, tmp_path_factory) -> dict:
     return snapshot(cache)
 
 
-@pytest.mark.parametrize("write_shards", ["workers", "driver"])
-def test_ray_cache_equals_the_single_machine_cache(write_shards, data, reference, weights_file, tmp_path):
+@pytest.mark.parametrize(("write_shards", "compression"), [("workers", "gzip"), ("driver", "none")])
+def test_ray_cache_equals_the_single_machine_cache(write_shards, compression, data, reference, weights_file, tmp_path):
     cache = tmp_path / "features.h5"
-    report = run_extract(options(data, cache, weights_file, write_shards=write_shards, **ON_RAY))
+    report = run_extract(options(data, cache, weights_file, write_shards=write_shards, compression=compression, **ON_RAY))
     assert report.extracted == 60 and {s.path for s in report.skipped} == {"three/truncated.jpg", "seven/notes.png"}
     assert_same_cache(snapshot(cache), reference)
+    for shard in schema.shards_dir(cache).glob("shard-*.h5"):  # whoever wrote the shard honoured --compression
+        with h5py.File(shard) as f:
+            assert f[schema.FEATURES].compression == (None if compression == "none" else compression), shard.name
     assert not list(schema.shards_dir(cache).glob(".*")), "the probe file is removed"
     assert main(["info", str(cache)]) == 0
     assert main(["train", str(cache), "--head", "logreg", "--name", "lr", "--runs-dir", str(tmp_path / "runs")]) == 0

@@ -96,7 +96,9 @@ def decode_block(batch: dict[str, np.ndarray], spec: ResizeSpec) -> dict[str, np
 class FeatureActor:
     """A Ray Data actor holding the backbone; one fixed-shape batch in, one shard (or its features) out."""
 
-    def __init__(self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str) -> None:
+    def __init__(
+        self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str, compression: str = "none"
+    ) -> None:
         from pipeline.extraction.backbones import build_backbone
 
         self.recipe = schema.Recipe.from_attrs(recipe)
@@ -109,6 +111,7 @@ class FeatureActor:
         self.cache = Path(cache)
         self.batch_size = batch_size
         self.writes = write_shards == "workers" or (write_shards == "auto" and _sees_token(self.cache, token))
+        self.compression = compression
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outcomes = [pickle.loads(item) for item in batch["outcome"]]
@@ -118,7 +121,7 @@ class FeatureActor:
         features = self._features(batch["pixels"][readable], records)
         if self.writes:
             path = new_shard_path(self.cache)
-            write_shard(path, self.recipe, features, records, skipped)
+            write_shard(path, self.recipe, features, records, skipped, self.compression)
             shard, payload = str(path), b""
         else:
             shard, payload = "", pickle.dumps((features, records, skipped))
@@ -193,6 +196,7 @@ def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOption
     actor = {
         "build": build, "recipe": recipe.to_attrs(), "cache": str(Path(options.cache).resolve()),
         "batch_size": options.batch_size, "write_shards": options.write_shards, "token": token,
+        "compression": options.compression,
     }
     return (
         ray.data.from_items(items, override_num_blocks=blocks)
