@@ -74,7 +74,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# `make bench`: files-to-cache throughput against the bare model, decoding alone and the
+# `make bench`: files-to-cache throughput against the bare model (and where extract's wall goes), decoding alone and the
 # hand-written Keras route, re-runs, heads and memory; prints a table, writes $(BENCH_OUT)/bench.json.
 # The backend is the environment's KERAS_BACKEND (e.g. `make bench KERAS_BACKEND=jax`).
 BENCH_N ?= 96
