@@ -74,7 +74,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# `make bench`: files-to-cache throughput against the bare model, decoding alone and the
+# `make bench`: files-to-cache throughput against the bare model (and where extract's wall goes), decoding alone and the
 # hand-written Keras route, re-runs, heads and memory; prints a table, writes $(BENCH_OUT)/bench.json.
 # The backend is the environment's KERAS_BACKEND (e.g. `make bench KERAS_BACKEND=jax`).
 BENCH_N ?= 96
@@ -99,6 +99,16 @@ BENCH_REPEATS ?= 3
 .PHONY: bench-stage-two
 bench-stage-two: setup
 	$(PY) -m bench.stage_two --repeats $(BENCH_REPEATS) --out $(BENCH_OUT)
+
+# `make bench-int8 INT8_WEIGHTS=/path/vgg16.weights.h5`: post-training INT8 of the backbone (OpenVINO + NNCF,
+# calibrated on real photos) against the product's float32 and bfloat16, with feature error and head accuracy;
+# writes $(BENCH_OUT)/int8.json. OpenVINO and NNCF are not dependencies: the target installs them into .venv.
+INT8_WEIGHTS ?=
+.PHONY: bench-int8
+bench-int8: setup
+	$(if $(INT8_WEIGHTS),,$(error pass INT8_WEIGHTS=<pretrained VGG16 include_top=False .h5>: accuracy needs real weights))
+	$(PY) -c "import openvino, nncf" 2>/dev/null || $(PY) -m pip install --quiet openvino nncf
+	$(PY) -m bench.int8 --weights $(INT8_WEIGHTS) --out $(BENCH_OUT)
 
 # A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
 # dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of

@@ -255,6 +255,7 @@ class Process:
     peak_rss_mib: float
     log: Path
     returncode: int
+    cpu: float = 0.0  # user + system seconds of the child itself: what a loaded machine inflates least
 
 
 def run_process(argv: list[str], log: Path, check: bool = True) -> Process:
@@ -269,7 +270,7 @@ def run_process(argv: list[str], log: Path, check: bool = True) -> Process:
     if check and child.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise SystemExit(f"{' '.join(argv)} failed (exit {child.returncode}); last lines of {log}:\n{tail}")
-    return Process(wall, usage.ru_maxrss / 1024, log, child.returncode)
+    return Process(wall, usage.ru_maxrss / 1024, log, child.returncode, usage.ru_utime + usage.ru_stime)
 
 
 def child_stage(name: str, settings: Settings, data: Path) -> tuple[dict, Process]:
@@ -306,6 +307,44 @@ def extract(settings: Settings, data: Path, cache: Path, size: int, log_name: st
         return process, process.wall, None, 0.0
     rate, loading = match.group(2), match.group(3)
     return process, float(match.group(1)), float(rate) if rate else None, float(loading) if loading else 0.0
+
+
+def extract_phases(settings: Settings, data: Path, cache: Path) -> tuple[dict, Process]:
+    """The same ``pipeline extract`` in a process that times each of its phases (``bench.extract_phases``)."""
+    from bench.extract_phases import LAUNCHED
+
+    result = settings.out / "logs" / "extract-phases.json"
+    argv = [
+        sys.executable, "-m", "bench.extract_phases", str(result), str(data), "--cache", str(cache), "--weights", "none",
+        "--image-size", str(settings.size), "--batch-size", str(settings.batch), "--precision", settings.precision,
+    ]
+    os.environ[LAUNCHED] = repr(time.time())
+    try:
+        process = run_process(argv, settings.out / "logs" / "extract-phases.log")
+    finally:
+        del os.environ[LAUNCHED]
+    timed = json.loads(result.read_text())
+    timed["exit_and_teardown"] = max(0.0, time.time() - timed.pop("finished_at"))
+    return timed, process
+
+
+def phase_stages(settings: Settings, timed: dict, process: Process) -> list[Stage]:
+    """One row per serial phase (they add up to the process wall), then the loop's overlapped work."""
+    rows = []
+    phases = {**timed["phases"], "interpreter exit": timed["exit_and_teardown"]}
+    first = timed["first_call"]
+    for phase, seconds in phases.items():
+        note = f"{100 * seconds / process.wall:.0f}% of the process wall"
+        if phase == "extraction loop":
+            note += "; decode, model and shard writes overlap in it"
+        rows.append(Stage(f"3b   {phase}", 0, seconds, process.wall, process.peak_rss_mib, comparable=False, note=note))
+    for phase, seconds in timed["overlapped"].items():
+        note = "busy seconds, summed over threads"
+        if phase.startswith("model"):
+            note = f"first batch (trace + compile) {first.get(phase, 0.0):.1f} s"
+        rows.append(Stage(f"3c   {phase}", settings.n, seconds, process.wall, process.peak_rss_mib,
+                          comparable=phase.startswith("model"), note=note))
+    return rows
 
 
 def train_available() -> bool:
@@ -418,11 +457,16 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
     cache = settings.out / "cache.h5"
     fresh(cache)
     process, seconds, loop_rate, loading = extract(settings, data, cache, settings.size, "extract")
-    stages.append(Stage("3 pipeline extract, end to end", settings.n, seconds, process.wall, process.peak_rss_mib,
-                        note=f"load + plan + extract + write; loading Keras and the model {loading:.1f} s"))
+    end_to_end = Stage("3 pipeline extract, end to end", settings.n, seconds, process.wall, process.peak_rss_mib,
+                       note=f"load + plan + extract + write; loading Keras and the model {loading:.1f} s")
+    stages.append(end_to_end)
     if loop_rate:
         stages.append(Stage("3a   its extraction loop", settings.n, settings.n / loop_rate, process.wall,
                             process.peak_rss_mib, note="decode + model + shard writes only"))
+
+    fresh(cache)
+    timed, process = extract_phases(settings, data, cache)
+    stages.extend(phase_stages(settings, timed, process))
 
     written, process = child_stage("handwritten", settings, data)
     stages.append(Stage(f"4 hand-written ({written['route']})", written["images"], written["seconds"], process.wall,
@@ -433,7 +477,7 @@ def measure(settings: Settings) -> tuple[list[Stage], dict]:
 
     facts["train_available"] = train_available()
     if facts["train_available"] and "heads" not in settings.skip:
-        stages.extend(train_stages(settings, cache, stages[2]))
+        stages.extend(train_stages(settings, cache, end_to_end))
     if "memory" not in settings.skip:
         stages.extend(memory_stages(settings))
     return stages, facts
@@ -502,7 +546,7 @@ def report(stages: list[Stage], settings: Settings, facts: dict) -> dict:
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for stage in stages:
         table.add_row(
-            stage.name, str(stage.images), f"{stage.seconds:.1f}", f"{stage.rate:.1f}", _ratio(stage, bare),
+            stage.name, str(stage.images or "-"), f"{stage.seconds:.1f}", f"{stage.rate:.1f}" if stage.images else "-", _ratio(stage, bare),
             _ratio(stage, decode), _ratio(stage, handwritten), f"{stage.peak_rss_mib:.0f}", f"{stage.wall:.1f}",
             stage.note,
         )

@@ -23,3 +23,24 @@ def test_a_sweep_standardises_its_features_once_with_the_same_statistics(digits_
     assert main([*argv, "--set", "epochs=2", "--name", "alone"]) == 0
     swept, alone = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("sweep-epochs=2", "alone"))
     assert swept == alone
+
+
+def test_a_sweep_reads_the_cache_records_as_often_as_one_run(digits_cache, tmp_path, monkeypatch):
+    from features_cache.reader import FeatureCache
+
+    calls = []
+    records = FeatureCache.records
+
+    def counted(self):
+        calls.append(1)
+        return records(self)
+
+    monkeypatch.setattr(FeatureCache, "records", counted)
+    argv = ["train", str(digits_cache), "--head", "logreg", "--runs-dir", str(tmp_path)]
+    assert main([*argv, "--set", "C=0.5", "--name", "alone"]) == 0
+    one_run = len(calls)
+    calls.clear()
+    assert main([*argv, "--set", "C=0.1,0.5,2", "--name", "sweep"]) == 0
+    assert len(calls) == one_run
+    swept, alone = (json.loads((tmp_path / name / "config.json").read_text()) for name in ("sweep-C=0.5", "alone"))
+    assert swept["train_content"] == alone["train_content"] and len(alone["train_content"]) > 0

@@ -224,10 +224,17 @@ def write_run(
     cache: FeatureCache,
     indices: dict[str, np.ndarray],
     probas: dict[str, np.ndarray],
+    train_content: list[str] | None = None,
 ) -> dict:
-    """Write every file into a staging folder, move it into place, then index it; returns the index entry."""
+    """Write every file into a staging folder, move it into place, then index it; returns the index entry.
+
+    ``train_content`` is :func:`content_keys` of the train rows when the caller has it (a sweep's
+    runs share one), else it is read from the cache.
+    """
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
-    config = {**config, TRAIN_CONTENT: content_keys(cache, indices["train"])}
+    if train_content is None:
+        train_content = content_keys(cache, indices["train"])
+    config = {**config, TRAIN_CONTENT: train_content}
     head.save(staging)
     write_json(staging / CONFIG_FILE, config)
     write_json(staging / METRICS_FILE, metrics)

@@ -117,6 +117,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
         for features in (data or {}).values():
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
+        train_content = runs.content_keys(cache, indices["train"])
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)
             started = time.perf_counter()
@@ -131,7 +132,9 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             }
             metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
-            yield RunResult(name, folder, runs.write_run(runs_dir, folder, head, config, metrics, cache, indices, probas))
+            yield RunResult(name, folder, runs.write_run(
+                runs_dir, folder, head, config, metrics, cache, indices, probas, train_content
+            ))
 
 
 def selection_warnings(grid: list[dict[str, Any]], held_out: tuple[str, ...]) -> list[str]:
