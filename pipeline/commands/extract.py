@@ -19,6 +19,11 @@ def register(subparsers) -> None:
     parser.add_argument("--backbone", default="vgg16", help="vgg16 (default), resnet50 or mobilenetv2")
     parser.add_argument("--weights", default="imagenet", help="imagenet (default), none (seeded random, for tests) or a .h5 path")
     parser.add_argument("--image-size", type=int, default=224, help="square input size (default 224: 7x7x512 for VGG16)")
+    parser.add_argument(
+        "--layer", default="output",
+        help="the backbone layer to cache (default output: block5_pool for VGG16); block4_pool lets `train --head finetune` "
+        "fine-tune VGG16's top block",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             prune=args.prune,
             keep_orphans=args.keep_orphans,
+            layer=args.layer,
         )
     )
     print_extract_report(report)

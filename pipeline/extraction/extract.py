@@ -128,7 +128,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     precision, notes = auto_precision(options)
     backbone = build_backbone(
         options.backbone, weights=options.weights, image_size=options.image_size, precision=precision,
-        storage_dtype=options.storage_dtype, seed=options.seed,
+        storage_dtype=options.storage_dtype, seed=options.seed, layer=options.layer,
     )
     model_seconds = time.perf_counter() - loading
     recipe = schema.Recipe(
@@ -143,6 +143,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         precision=backbone.precision,
         storage_dtype=options.storage_dtype,
         decoder=pixel_decoder(options, spec),
+        layer=options.layer,
     )
     old = planning.open_existing(options, recipe)
     live: set[Path] = set()

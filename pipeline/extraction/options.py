@@ -47,6 +47,7 @@ class ExtractOptions:
     force: bool = False
     prune: bool = False
     keep_orphans: bool = False
+    layer: str = schema.OUTPUT_LAYER
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -92,7 +93,10 @@ def request_fingerprint(options: ExtractOptions) -> str:
     in place does not.
     """
     payload = {
-        **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
+        **{
+            key: value for key, value in dataclasses.asdict(options).items()
+            if key not in _NOT_IN_REQUEST and not (key == "layer" and value == schema.OUTPUT_LAYER)
+        },
         "weights": options.weights if options.weights in ("imagenet", "none") else "file",
         "weights_digest": _weights_digest(options),
         "gpu_decoding": options.decoder == "gpu",  # threads or processes make the same pixels; the GPU does not

@@ -25,6 +25,7 @@ from pipeline.training import runs
 from pipeline.training.metrics import evaluate
 from pipeline.training.settings import expand
 from pipeline.training.splits import DEFAULT_FRACTIONS, plan_cache_splits
+from pipeline.training.top import TOP_KEY, FrozenTop, has_top, saved_top
 
 if TYPE_CHECKING:
     from classifiers import Head
@@ -60,15 +61,16 @@ def class_labels(cache: FeatureCache, rows: np.ndarray) -> np.ndarray:
 
 
 class CacheRows:
-    """The rows ``indices`` of a cache as a :class:`classifiers.RowSource`, read on demand."""
+    """The rows ``indices`` of a cache as a :class:`classifiers.RowSource`, read on demand (through ``top`` when given)."""
 
-    def __init__(self, cache: FeatureCache, indices: np.ndarray) -> None:
-        self.cache, self.indices = cache, indices
+    def __init__(self, cache: FeatureCache, indices: np.ndarray, top: FrozenTop | None = None) -> None:
+        self.cache, self.indices, self.top = cache, indices, top
         self.labels = class_labels(cache, indices)
-        self.input_shape = cache.feature_shape
+        self.input_shape = cache.feature_shape if top is None else top.output_shape
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.cache.features(self.indices[rows])
+        features = self.cache.features(self.indices[rows])
+        return features if self.top is None else self.top(features)
 
 
 def load_features(cache: FeatureCache, indices: np.ndarray, what: str) -> np.ndarray:
@@ -104,6 +106,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
     with FeatureCache(options.cache) as cache:
+        grid, top = top_block(cache, options, head_cls, grid, runs_dir)
         plan = plan_cache_splits(cache, options.fractions, check_leakage=True)
         plan.notes.extend(selection_warnings(grid, plan.held_out))
         if on_plan is not None:
@@ -114,6 +117,8 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             options.load == "auto" and 3 * len(cache) * int(np.prod(cache.feature_shape)) * 4 < available_memory()
         )
         data = {split: load_features(cache, rows, split) for split, rows in indices.items()} if in_memory else None
+        if data is not None and top is not None:
+            data = {split: top(features) for split, features in data.items()}
         for features in (data or {}).values():
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
@@ -124,13 +129,15 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             if data is not None:
                 head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"])
             else:
-                head.fit_stream(CacheRows(cache, indices["train"]), val=CacheRows(cache, indices["val"]))
+                head.fit_stream(CacheRows(cache, indices["train"], top), val=CacheRows(cache, indices["val"], top))
             fit_seconds = time.perf_counter() - started
             probas = {
-                split: predict(head, cache, indices[split], None if data is None else data[split]) for split in plan.held_out
+                split: predict(head, cache, indices[split], None if data is None else data[split], top) for split in plan.held_out
             }
             metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
+            if has_top(cache.recipe):
+                config[TOP_KEY] = {"layer": cache.recipe.layer, "block": "frozen" if top is not None else "fine-tuned"}
             yield RunResult(name, folder, runs.write_run(runs_dir, folder, head, config, metrics, cache, indices, probas))
 
 
@@ -151,7 +158,30 @@ def selection_warnings(grid: list[dict[str, Any]], held_out: tuple[str, ...]) ->
     ]
 
 
-def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None) -> np.ndarray:
-    """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in blocks."""
+def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None, top: FrozenTop | None = None) -> np.ndarray:
+    """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in
+    blocks (through the frozen ``top`` when the head trained on the backbone's output of a cache of an earlier layer)."""
     blocks = [loaded] if loaded is not None else cache.iter_features(rows, batch_size=EVAL_ROWS)
+    if loaded is None and top is not None:
+        blocks = top.blocks(blocks)
     return np.concatenate([head.class_probabilities(block, cache.class_names) for block in blocks])
+
+
+def top_block(cache: FeatureCache, options: TrainOptions, head_cls, grid: list[dict], runs_dir: Path) -> tuple[list[dict], FrozenTop | None]:
+    """The settings and frozen block for a cache of maps before the backbone's output.
+
+    ``finetune`` gets the recipe's block as its ``top`` (unless ``--set top=`` names one);
+    every other head trains on the block's frozen output, as on a cache of the output.
+    """
+    fine_tune = head_cls.name == "finetune"
+    if not has_top(cache.recipe):
+        if fine_tune:
+            raise PipelineError(
+                f"{options.cache} holds {cache.recipe.backbone}'s output maps, which leave no block to fine-tune; "
+                f"extract with --layer block4_pool into another --cache and train --head finetune on that"
+            )
+        return grid, None
+    if not fine_tune:
+        return grid, FrozenTop(cache.recipe)
+    top = str(saved_top(cache.recipe, runs_dir))
+    return [{**params, "top": params.get("top") or top} for params in grid], None
