@@ -91,6 +91,7 @@ class Recipe:
     storage_dtype: str
     decoder: str = PILLOW  # what turned files into pixels: Pillow, or a device decoder (other pixels)
     layer: str = OUTPUT_LAYER  # the backbone layer whose maps are cached (e.g. ``block4_pool``, to fine-tune the top block)
+    view: str = ""  # an augmented view of every image (``flip(horizontal)``, a seeded crop), or the images as they are
 
     def identity_fields(self) -> dict[str, object]:
         """The fields that decide the features (every field but the information-only ``weights``)."""
@@ -141,7 +142,10 @@ class Recipe:
 
 
 def _without_default_layer(fields: dict[str, object]) -> dict[str, object]:
-    return {key: value for key, value in fields.items() if not (key == "layer" and value == OUTPUT_LAYER)}
+    return {
+        key: value for key, value in fields.items()
+        if not (key == "layer" and value == OUTPUT_LAYER) and not (key == "view" and not value)
+    }
 
 
 def _fingerprint(fields: dict[str, object], decoder: str) -> str:

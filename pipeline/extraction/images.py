@@ -114,6 +114,7 @@ class ResizeSpec:
     resize: str = "stretch"
     interpolation: str = "bilinear"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    view: str = ""  # an augmented view applied to the pixels (pipeline.extraction.views), or none
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -131,7 +132,12 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
 
     The pixels are decoded only once ``budget`` (if any) has room for their working memory.
     """
-    return decoded(data, spec, lambda image: _resize(image, spec), budget)
+    pixels = decoded(data, spec, lambda image: _resize(image, spec), budget)
+    if spec.view:
+        from pipeline.extraction.views import apply_view
+
+        return apply_view(pixels, spec.view, data, spec.interpolation)
+    return pixels
 
 
 def decoded(

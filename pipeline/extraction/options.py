@@ -48,6 +48,7 @@ class ExtractOptions:
     prune: bool = False
     keep_orphans: bool = False
     layer: str = schema.OUTPUT_LAYER
+    view: str = ""  # this run makes the cache of one augmented view (pipeline.extraction.views)
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -66,6 +67,8 @@ def check_options(options: ExtractOptions) -> None:
         resolve_decoder(options.decoder, options.workers or 1)
     if options.decoder == "gpu" and options.engine == "ray":
         raise PipelineError("--decoder gpu runs with the local engine; on Ray, workers decode on their CPUs")
+    if options.view and options.decoder == "gpu":
+        raise PipelineError("--views: views are made from Pillow's pixels; use --decoder auto, threads or processes")
     if options.engine not in ENGINES:
         raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
     if options.engine == "local" and options.gpus_per_worker:
@@ -95,7 +98,7 @@ def request_fingerprint(options: ExtractOptions) -> str:
     payload = {
         **{
             key: value for key, value in dataclasses.asdict(options).items()
-            if key not in _NOT_IN_REQUEST and not (key == "layer" and value == schema.OUTPUT_LAYER)
+            if key not in _NOT_IN_REQUEST and not (key == "layer" and value == schema.OUTPUT_LAYER) and not (key == "view" and not value)
         },
         "weights": options.weights if options.weights in ("imagenet", "none") else "file",
         "weights_digest": _weights_digest(options),
@@ -134,7 +137,7 @@ def _installed_version(package: str) -> str:
 def pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
     """What makes the pixels, for the recipe: Pillow, or the GPU decoder (``--decoder gpu``, or
     ``auto`` on a CUDA machine where it runs, unless an existing cache was made with Pillow)."""
-    if options.decoder not in ("gpu", "auto") or options.engine != "local":
+    if options.decoder not in ("gpu", "auto") or options.engine != "local" or options.view:
         return schema.PILLOW
     from pipeline.extraction import device_decode
 

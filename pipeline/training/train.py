@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.training.metrics import evaluate
 from pipeline.training.settings import expand
 from pipeline.training.splits import DEFAULT_FRACTIONS, plan_cache_splits
 from pipeline.training.top import TOP_KEY, FrozenTop, has_top, saved_top
+from pipeline.training.views import load_views
 
 if TYPE_CHECKING:
     from classifiers import Head
@@ -46,6 +48,7 @@ class TrainOptions:
     fractions: Sequence[float] = DEFAULT_FRACTIONS
     class_weight: str = "none"
     load: str = "auto"
+    views: tuple[str, ...] = ()  # cached augmented views training draws from (``extract --views``)
 
 
 @dataclasses.dataclass
@@ -122,12 +125,13 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
         for features in (data or {}).values():
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
+        views = training_views(cache, options, head_cls, indices["train"], in_memory, top)
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)
             started = time.perf_counter()
             head = head_cls(**params)
             if data is not None:
-                head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"])
+                head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"], **views)
             else:
                 head.fit_stream(CacheRows(cache, indices["train"], top), val=CacheRows(cache, indices["val"], top))
             fit_seconds = time.perf_counter() - started
@@ -136,6 +140,8 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             }
             metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
+            if options.views:
+                config["views"] = list(options.views)
             if has_top(cache.recipe):
                 config[TOP_KEY] = {"layer": cache.recipe.layer, "block": "frozen" if top is not None else "fine-tuned"}
             yield RunResult(name, folder, runs.write_run(runs_dir, folder, head, config, metrics, cache, indices, probas))
@@ -165,6 +171,18 @@ def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarra
     if loaded is None and top is not None:
         blocks = top.blocks(blocks)
     return np.concatenate([head.class_probabilities(block, cache.class_names) for block in blocks])
+
+
+def training_views(cache: FeatureCache, options: TrainOptions, head_cls, rows: np.ndarray, in_memory: bool,
+                   top: FrozenTop | None) -> dict[str, np.ndarray]:
+    """``fit``'s ``views`` argument for the training rows: the cached views named by ``--views``, if any."""
+    if not options.views:
+        return {}
+    if "views" not in inspect.signature(head_cls.fit).parameters:
+        raise PipelineError(f"head {options.head!r} trains without views; drop --views or use --head dense, gap or finetune")
+    if not in_memory:
+        raise PipelineError("--views trains from memory; use --load memory on a machine with room for the views")
+    return {"views": load_views(cache, rows, options.views, top)}
 
 
 def top_block(cache: FeatureCache, options: TrainOptions, head_cls, grid: list[dict], runs_dir: Path) -> tuple[list[dict], FrozenTop | None]:
