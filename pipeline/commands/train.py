@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "config, metrics, predictions and history, and a line in runs/index.jsonl.",
     )
     parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
-    parser.add_argument("--head", default="dense", help="dense (default), gap or logreg")
+    parser.add_argument("--head", default="dense", help="dense (default), gap, logreg or finetune (on a --layer block4_pool cache)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
         help="a head setting, e.g. --set dropout=0.3,0.5 or --set C=0.1,1,10; several values make one run each",
