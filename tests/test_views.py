@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from image_factory import make_class_folders, photo, save
+from PIL import Image
 
 from classifiers import DenseHead
 from features_cache.reader import FeatureCache
@@ -45,11 +46,11 @@ def photos(tmp_path) -> Path:
 
 def test_view_pixels_are_the_flip_and_seeded_crops():
     pixels = np.asarray(photo(SIZE, SIZE, seed=3).convert("RGB"))
-    assert np.array_equal(apply_view(pixels, "flip", b"a", "bilinear"), pixels[:, ::-1])
-    crop = apply_view(pixels, "crop1", b"a", "bilinear")
+    assert np.array_equal(apply_view(pixels, "flip", b"a", Image.Resampling.BILINEAR), pixels[:, ::-1])
+    crop = apply_view(pixels, "crop1", b"a", Image.Resampling.BILINEAR)
     assert crop.shape == pixels.shape and crop.dtype == np.uint8 and not np.array_equal(crop, pixels)
-    assert np.array_equal(crop, apply_view(pixels, "crop1", b"a", "bilinear"))  # seeded by the bytes: the same every run
-    assert not np.array_equal(crop, apply_view(pixels, "crop2", b"a", "bilinear"))
+    assert np.array_equal(crop, apply_view(pixels, "crop1", b"a", Image.Resampling.BILINEAR))  # seeded by the bytes: the same every run
+    assert not np.array_equal(crop, apply_view(pixels, "crop2", b"a", Image.Resampling.BILINEAR))
     assert parse_views("flip,crop2") == ("flip", "crop2")
     with pytest.raises(PipelineError, match="crop1..crop9"):
         parse_views("flip,rotate")

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from features_cache.records import TRANSIENT, content_hash
 from pipeline.memory import available_memory
+from pipeline.extraction.views import apply_view
 
 RESIZE_MODES = ("stretch", "crop")
 INTERPOLATIONS = {
@@ -134,9 +135,7 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
     """
     pixels = decoded(data, spec, lambda image: _resize(image, spec), budget)
     if spec.view:
-        from pipeline.extraction.views import apply_view
-
-        return apply_view(pixels, spec.view, data, spec.interpolation)
+        return apply_view(pixels, spec.view, data, INTERPOLATIONS[spec.interpolation])
     return pixels
 
 

@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.extraction.images import INTERPOLATIONS
 
 FLIP = "flip"
 CROP = re.compile(r"crop([1-9])")
@@ -64,8 +63,9 @@ def describe(view: str) -> str:
     return f"{view}(scale={CROP_SCALE},seed=blake2b(bytes)+{CROP.fullmatch(view).group(1)})"
 
 
-def apply_view(pixels: np.ndarray, view: str, data: bytes, interpolation: str) -> np.ndarray:
-    """The (size, size, 3) uint8 pixels of one view of the image whose file bytes are ``data``."""
+def apply_view(pixels: np.ndarray, view: str, data: bytes, resample: Image.Resampling) -> np.ndarray:
+    """The (size, size, 3) uint8 pixels of one view of the image whose file bytes are ``data``
+    (crops resized back with ``resample``, the recipe's interpolation)."""
     if view == FLIP:
         return np.ascontiguousarray(pixels[:, ::-1])
     number = int(CROP.fullmatch(view).group(1))
@@ -75,4 +75,4 @@ def apply_view(pixels: np.ndarray, view: str, data: bytes, interpolation: str) -
     side_h, side_w = max(1, round(height * CROP_SCALE)), max(1, round(width * CROP_SCALE))
     top, left = int(rng.integers(0, height - side_h + 1)), int(rng.integers(0, width - side_w + 1))
     crop = Image.fromarray(pixels[top : top + side_h, left : left + side_w])
-    return np.asarray(crop.resize((width, height), INTERPOLATIONS[interpolation]))
+    return np.asarray(crop.resize((width, height), resample))
