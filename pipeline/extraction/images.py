@@ -22,8 +22,8 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from features_cache.records import TRANSIENT, content_hash
-from pipeline.memory import available_memory
 from pipeline.extraction.views import apply_view
+from pipeline.memory import available_memory
 
 RESIZE_MODES = ("stretch", "crop")
 INTERPOLATIONS = {
