@@ -140,3 +140,22 @@ def test_dense_head_draws_one_view_per_image_each_epoch():
     assert len(head.history_["loss"]) == 3
     with pytest.raises(ValueError, match="views"):
         DenseHead(epochs=1, early_stopping=2, verbose=0).fit(X, y, views=views)
+
+
+def test_verify_and_compact_cover_the_views(photos, tmp_path, weights_file, capsys):
+    cache_path = tmp_path / "pets.h5"
+    assert main(extract_args(photos, cache_path, weights_file, "--views", "flip")) == 0
+    with FeatureCache(view_cache(cache_path, "flip")) as flip:
+        before = flip.features()
+    assert main(["compact", str(cache_path)]) == 0
+    assert str(view_cache(cache_path, "flip")) in capsys.readouterr().out
+    with FeatureCache(view_cache(cache_path, "flip")) as flip:
+        np.testing.assert_array_equal(flip.features(), before)
+        shard = flip.shard_files[0]
+    assert main(["verify", str(cache_path)]) == 0
+    assert "and its views flip" in capsys.readouterr().out
+    damaged = bytearray(shard.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    assert main(["verify", str(cache_path)]) == 1
+    assert shard.name in capsys.readouterr().err

@@ -14,6 +14,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from features_cache.compact import compact
+    from pipeline.extraction.views import cached_views, view_cache
 
     print(f"wrote {compact(args.cache, args.to)}")
+    if args.to is None:  # the views beside it are compacted with it; --to shares the original alone
+        for view in cached_views(args.cache):
+            print(f"wrote {compact(view_cache(args.cache, view), None)}")
     return 0

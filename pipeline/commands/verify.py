@@ -15,14 +15,18 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from features_cache.verify import damage
+    from pipeline.extraction.views import cached_views, view_cache
 
     problems = damage(args.cache)
+    for view in cached_views(args.cache):  # the views beside it are part of it
+        problems.extend(damage(view_cache(args.cache, view)))
     for file, reason in problems:
         print(f"{file}: {reason}", file=sys.stderr)
         if args.repair:
             file.unlink(missing_ok=True)
     if not problems:
-        print(f"{args.cache}: ok")
+        views = cached_views(args.cache)
+        print(f"{args.cache}: ok" + (f" (and its views {', '.join(views)})" if views else ""))
         return 0
     fix = "deleted them" if args.repair else "run `pipeline verify --repair` to delete them"
     print(f"{args.cache}: {len(problems)} damaged; {fix}, then `pipeline extract` again to redo their images", file=sys.stderr)
