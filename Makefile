@@ -110,6 +110,14 @@ bench-int8: setup
 	$(PY) -c "import openvino, nncf" 2>/dev/null || $(PY) -m pip install --quiet openvino nncf
 	$(PY) -m bench.int8 --weights $(INT8_WEIGHTS) --out $(BENCH_OUT)
 
+# `make bench-finetune WEIGHTS=/path/vgg16.h5`: fine-tuning VGG16's block5 from the cache (block4_pool maps and views
+# extracted once) against fine-tuning it from images, on real texture photos; writes $(BENCH_OUT)/finetune/finetune.json.
+FINETUNE_SIZE ?= 64
+FINETUNE_SEEDS ?= 0 1 2
+.PHONY: bench-finetune
+bench-finetune: setup
+	$(PY) -m bench.finetune --weights $(WEIGHTS) --size $(FINETUNE_SIZE) --seeds $(FINETUNE_SEEDS) --out $(BENCH_OUT)
+
 # A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
 # dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of
 # this folder with $(DEVICE_PACK), `bench/device.sh OUT_DIR` installs them and runs the bench on JAX and PyTorch.

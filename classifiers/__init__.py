@@ -24,13 +24,14 @@ _HEAD_CLASSES = {
     "dense": ("classifiers.dense", "DenseHead"),
     "gap": ("classifiers.gap", "GapHead"),
     "logreg": ("classifiers.logreg", "LogRegHead"),
+    "finetune": ("classifiers.finetune", "FinetuneHead"),
 }
 # Heads a run folder may hold besides those: any scikit-learn classifier saved from Python.
 _SAVED_CLASSES = {**_HEAD_CLASSES, "sklearn": ("classifiers.external", "EstimatorHead")}
 HEAD_NAMES = tuple(_HEAD_CLASSES)
 
 __all__ = [
-    "HEADS", "HEAD_NAMES", "DenseHead", "EstimatorHead", "FeatureShapeError", "GapHead", "Head", "HeadError",
+    "HEADS", "HEAD_NAMES", "DenseHead", "EstimatorHead", "FeatureShapeError", "FinetuneHead", "GapHead", "Head", "HeadError",
     "LogRegHead", "RowSource", "SettingError", "get_head", "load_head",
 ]
 

@@ -142,12 +142,15 @@ class KerasHead(Head):
         outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
         return keras.Model(inputs, outputs, name=f"{self.name}_head")
 
-    def fit(self, X, y, *, X_val=None, y_val=None) -> KerasHead:
+    def fit(self, X, y, *, X_val=None, y_val=None, views: np.ndarray | None = None) -> KerasHead:
         """Train on ``X, y``; ``X_val, y_val`` are watched by early stopping and ``reduce_lr`` and kept in the history.
 
         Without them, early stopping and ``reduce_lr`` hold out ``validation_fraction`` of the
-        training rows (stratified, seeded), as scikit-learn's ``MLPClassifier`` does.
+        training rows (stratified, seeded), as scikit-learn's ``MLPClassifier`` does. ``views``
+        (n, k, h, w, c): augmented views of the training images, one drawn per image each epoch.
         """
+        if views is not None:
+            return self._fit_views(X, y, X_val, y_val, views)
         self.check_params()
         X = self._validate_X(X, fitting=True)
         columns = self._start_fit(y, X.shape[1:])
@@ -157,6 +160,19 @@ class KerasHead(Head):
         elif self.early_stopping or self.reduce_lr:
             X, columns, val = self._hold_out(X, columns)
         self._train(X, columns, val, standardisation(X) if self.standardize else None)
+        return self
+
+    def _fit_views(self, X, y, X_val, y_val, views: np.ndarray) -> KerasHead:
+        from classifiers.keras_views import ViewBatches
+
+        self.check_params()
+        X = self._validate_X(X, fitting=True)
+        columns = self._start_fit(y, X.shape[1:])
+        if X_val is None and (self.early_stopping or self.reduce_lr):
+            raise SettingError(f"{self.name}: with views, early_stopping and reduce_lr need validation rows (X_val, y_val)")
+        val = None if X_val is None else (self._validate_X(X_val), self._column(y_val))
+        batches = ViewBatches(X, np.asarray(views), columns, self.batch_size, self.seed, "one")
+        self._train(batches, columns, val, standardisation(X) if self.standardize else None, streamed=True)
         return self
 
     def _hold_out(self, X: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:

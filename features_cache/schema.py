@@ -68,6 +68,7 @@ ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 
 SPLITS = ("train", "val", "test")
 PILLOW = "pillow"
+OUTPUT_LAYER = "output"  # the backbone's own output (``block5_pool`` for VGG16): what caches held before layers were named
 CHUNK_TARGET_BYTES = 1 << 20
 EXTRACT_SHARD_ROWS = 2048  # images per shard extract writes: about 490 files per million images
 EXTRACT_SHARD_SECONDS = 30.0  # or this much work, whichever comes first: what a kill can lose at most
@@ -93,6 +94,8 @@ class Recipe:
     precision: str
     storage_dtype: str
     decoder: str = PILLOW  # what turned files into pixels: Pillow, or a device decoder (other pixels)
+    layer: str = OUTPUT_LAYER  # the backbone layer whose maps are cached (e.g. ``block4_pool``, to fine-tune the top block)
+    view: str = ""  # an augmented view of every image (``flip(horizontal)``, a seeded crop), or the images as they are
 
     def identity_fields(self) -> dict[str, object]:
         """The fields that decide the features (every field but the information-only ``weights``)."""
@@ -101,14 +104,14 @@ class Recipe:
     def fingerprint(self) -> str:
         """A short hash of the recipe's identity fields and schema version, used as the cache's identity.
 
-        The decoder enters it only when it is not Pillow, so caches made before it was
-        recorded keep their identity.
+        The decoder enters it only when it is not Pillow, and the layer only when it is not the
+        backbone's output, so caches made before either was recorded keep their identity.
         """
-        return _fingerprint(self.identity_fields(), self.decoder)
+        return _fingerprint(_without_default_layer(self.identity_fields()), self.decoder)
 
     def legacy_fingerprint(self) -> str:
         """The identity caches and shards were given while the weights' path was part of it."""
-        return _fingerprint(dataclasses.asdict(self), self.decoder)
+        return _fingerprint(_without_default_layer(dataclasses.asdict(self)), self.decoder)
 
     def is_identity(self, identity: str) -> bool:
         """Whether ``identity`` was written for this recipe, now or before the weights' path left it."""
@@ -140,6 +143,13 @@ class Recipe:
             value = attrs[key]
             values[field.name] = int(value) if field.type == "int" else str(value)
         return cls(**values)
+
+
+def _without_default_layer(fields: dict[str, object]) -> dict[str, object]:
+    return {
+        key: value for key, value in fields.items()
+        if not (key == "layer" and value == OUTPUT_LAYER) and not (key == "view" and not value)
+    }
 
 
 def _fingerprint(fields: dict[str, object], decoder: str) -> str:

@@ -67,24 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     for result in run_train(TrainOptions(cache=args.cache, head="logreg", runs_dir=args.runs_dir)):
         code = cli_main(["report", str(result.folder)]) or code
     code = cli_main(["runs", "--runs-dir", args.runs_dir]) or code
-    print(next_steps(args), flush=True)
+    print(next_steps(args, weights), flush=True)
     return code
 
 
-def next_steps(args: argparse.Namespace) -> str:
-    """The commands to type next, for this demo's own cache, data and runs folder, not the defaults."""
+def next_steps(args: argparse.Namespace, weights: str = "imagenet") -> str:
+    """The commands to type next, for this demo's own cache, data, runs folder and weights, not the defaults."""
     runs = f" RUNS_DIR={args.runs_dir}" if args.runs_dir != "runs" else ""
     given = [f"--{flag} {value}" for flag, value, default in (
         ("data", args.data, "data/digits"), ("cache", args.cache, "cache/digits.h5"), ("runs-dir", args.runs_dir, "runs"),
         ("image-size", args.image_size, 224),
     ) if value != default]
     demo = " ".join(["python -m pipeline.demo", *given, "--per-class all"])
+    block4 = str(Path(args.cache).with_name(f"{Path(args.cache).stem}-block4.h5"))
+    size = f" IMAGE_SIZE={args.image_size}" if args.image_size != 224 else ""
+    size += f" WEIGHTS={weights}" if weights != "imagenet" else ""
     return f"""
 next:
   make train-head CACHE={args.cache}{runs} HEAD=dense   # the bottleneck-features recipe (Flatten, Dense 256, Dropout)
   make train-head CACHE={args.cache}{runs} HEAD=logreg SET="C=0.1,1,10"   # three runs from features read once
   make report{runs}   # what the latest run gets wrong (errors.csv, report.html)
   make runs{runs}   # every run, best first
+  make extract DATA={args.data} CACHE={block4}{size} EXTRACT_FLAGS="--layer block4_pool --views flip"   # block4 maps and flipped views, once
+  make train-head CACHE={block4}{runs} HEAD=finetune TRAIN_FLAGS="--views flip"   # fine-tune VGG16's block5 on them
   {demo}   # all 1,797 digits; only the new ones are extracted"""
 
 

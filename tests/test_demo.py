@@ -19,5 +19,8 @@ def test_demo_runs_a_small_stratified_subset_and_prints_next_steps(tmp_path):
     assert out.splitlines()[0].startswith("NOTE: this demo runs on SEEDED RANDOM weights")
     assert sorted(len(list(folder.iterdir())) for folder in (tmp_path / "d").iterdir()) == [4] * 10
     assert "errors: " in out
-    assert out.rstrip().splitlines()[-5].strip().startswith("make train-head CACHE=c/digits.h5 RUNS_DIR=r HEAD=dense")
+    steps = [line.strip() for line in out.rstrip().splitlines()[-7:]]
+    assert steps[0].startswith("make train-head CACHE=c/digits.h5 RUNS_DIR=r HEAD=dense")
+    assert steps[4].startswith('make extract DATA=d CACHE=c/digits-block4.h5 IMAGE_SIZE=32 WEIGHTS=none EXTRACT_FLAGS="--layer block4_pool')
+    assert steps[5].startswith('make train-head CACHE=c/digits-block4.h5 RUNS_DIR=r HEAD=finetune TRAIN_FLAGS="--views flip"')
     assert Path(tmp_path / "c" / "digits.h5").is_file()

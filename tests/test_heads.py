@@ -13,7 +13,10 @@ from pipeline.training.splits import plan_cache_splits
 from pipeline.training.train import CacheRows, class_labels
 
 # Settings that make each head learn within seconds on 280 tiny random-VGG16 codes.
-TEST_SETTINGS = {"dense": {"epochs": 10, "verbose": 0}, "gap": {"epochs": 10, "verbose": 0}, "logreg": {}}
+TEST_SETTINGS = {
+    "dense": {"epochs": 10, "verbose": 0}, "gap": {"epochs": 10, "verbose": 0}, "logreg": {},
+    "finetune": {"head_epochs": 10, "epochs": 2, "verbose": 0},  # without a top block: the dense head in two phases
+}
 
 
 @pytest.fixture(scope="module")

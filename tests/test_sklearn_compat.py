@@ -27,6 +27,7 @@ CHECK_SETTINGS = {
     "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0},
     "gap": {"epochs": 30, "learning_rate": 5e-2, "verbose": 0},
     "logreg": {},
+    "finetune": {"head_epochs": 5, "epochs": 1, "units": 16, "learning_rate": 1e-2, "verbose": 0},
 }
 
 
@@ -44,7 +45,8 @@ def features(digits_cache: Path) -> tuple[np.ndarray, np.ndarray]:
         return cache.features(rows), class_labels(cache, rows)
 
 
-FAST = {"dense": {"epochs": 4, "verbose": 0}, "gap": {"epochs": 6, "verbose": 0}, "logreg": {}}
+FAST = {"dense": {"epochs": 4, "verbose": 0}, "gap": {"epochs": 6, "verbose": 0}, "logreg": {},
+        "finetune": {"head_epochs": 4, "epochs": 1, "verbose": 0}}
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

@@ -18,6 +18,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from features_cache.compact import compact
+    from pipeline.extraction.views import cached_views, view_cache
 
     print(f"wrote {compact(args.cache, args.to, args.compression)}")
+    if args.to is None:  # the views beside it are compacted with it; --to shares the original alone
+        for view in cached_views(args.cache):
+            print(f"wrote {compact(view_cache(args.cache, view), None, args.compression)}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from features_cache.schema import EXTRACT_SHARD_ROWS as SHARD_ROWS
 from features_cache.schema import EXTRACT_SHARD_SECONDS as SHARD_SECONDS
@@ -21,6 +22,16 @@ def register(subparsers) -> None:
     parser.add_argument("--backbone", default="vgg16", help="vgg16 (default), resnet50 or mobilenetv2")
     parser.add_argument("--weights", default="imagenet", help="imagenet (default), none (seeded random, for tests) or a .h5 path")
     parser.add_argument("--image-size", type=int, default=224, help="square input size (default 224: 7x7x512 for VGG16)")
+    parser.add_argument(
+        "--layer", default="output",
+        help="the backbone layer to cache (default output: block5_pool for VGG16); block4_pool lets `train --head finetune` "
+        "fine-tune VGG16's top block",
+    )
+    parser.add_argument(
+        "--views", default=None, metavar="VIEW[,VIEW...]",
+        help="also cache augmented views of every image, once: flip, crop1..crop9 (seeded crops); "
+        "each is a cache beside CACHE (CACHE.view-flip.h5) that `train --views` draws from",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -70,36 +81,45 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.commands.tables import print_extract_report
     from pipeline.extraction.extract import ExtractOptions, run_extract
+    from pipeline.extraction.views import parse_views, view_cache
 
     weights = "none" if args.weights.lower() in ("none", "random") else args.weights
+    views = parse_views(args.views)
     if args.workers is not None and args.workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
-    report = run_extract(
-        ExtractOptions(
-            data=args.data,
-            cache=args.cache,
-            backbone=args.backbone.lower(),
-            weights=weights,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            storage_dtype=args.storage,
-            resize=args.resize,
-            interpolation=args.interpolation,
-            max_pixels=args.max_pixels,
-            workers=args.workers,
-            decoder=args.decoder,
-            engine=args.engine,
-            address=args.address,
-            gpus_per_worker=args.gpus_per_worker,
-            write_shards=args.write_shards,
-            seed=args.seed,
-            force=args.force,
-            prune=args.prune,
-            keep_orphans=args.keep_orphans,
-            compression=args.compression,
-            shard_rows=args.shard_rows,
-        )
+    options = ExtractOptions(
+        data=args.data,
+        cache=args.cache,
+        backbone=args.backbone.lower(),
+        weights=weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        storage_dtype=args.storage,
+        resize=args.resize,
+        interpolation=args.interpolation,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        decoder=args.decoder,
+        engine=args.engine,
+        address=args.address,
+        gpus_per_worker=args.gpus_per_worker,
+        write_shards=args.write_shards,
+        seed=args.seed,
+        force=args.force,
+        prune=args.prune,
+        keep_orphans=args.keep_orphans,
+        layer=args.layer,
+        compression=args.compression,
+        shard_rows=args.shard_rows,
     )
-    print_extract_report(report)
+    print_extract_report(run_extract(options))
+    if views:
+        from features_cache.reader import FeatureCache
+
+        with FeatureCache(args.cache) as cache:  # the views are made exactly as the original, only their pixels differ
+            options = dataclasses.replace(options, precision=cache.recipe.precision, force=False)
+    for view in views:  # each view is a cache of its own, incremental and resumable like the original
+        print(f"view {view}:", flush=True)
+        print_extract_report(run_extract(dataclasses.replace(options, cache=str(view_cache(args.cache, view)), view=view)))
     return 0

@@ -14,7 +14,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from features_cache.reader import FeatureCache
     from pipeline.commands.tables import print_cache_info
+    from pipeline.extraction.views import cached_views, view_cache
 
     with FeatureCache(args.cache) as cache:
         print_cache_info(cache)
+    views = cached_views(args.cache)
+    if views:
+        print(f"  views: {', '.join(views)} (each a cache beside it, e.g. {view_cache(args.cache, views[0]).name})")
     return 0

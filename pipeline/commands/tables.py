@@ -41,7 +41,8 @@ def print_cache_info(cache: FeatureCache) -> None:
     console.print(
         f"  backbone {recipe.backbone}, weights {recipe.weights} (sha256 {recipe.weights_sha256[:12]}), "
         f"input {recipe.image_size}x{recipe.image_size}, preprocessing {recipe.preprocessing}, "
-        f"resize {recipe.resize}/{recipe.interpolation}, decoder {recipe.decoder}, precision {recipe.precision}"
+        f"resize {recipe.resize}/{recipe.interpolation}, decoder {recipe.decoder}, precision {recipe.precision}, "
+        f"layer {recipe.layer}" + (f", view {recipe.view}" if recipe.view else "")
     )
     console.print(
         f"  data root {cache.attrs.get('data_root')} ({cache.attrs.get('source_kind')}), "

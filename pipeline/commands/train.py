@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "config, metrics, predictions and history, and a line in runs/index.jsonl.",
     )
     parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
-    parser.add_argument("--head", default="dense", help="dense (default), gap or logreg")
+    parser.add_argument("--head", default="dense", help="dense (default), gap, logreg or finetune (on a --layer block4_pool cache)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
         help="a head setting, e.g. --set dropout=0.3,0.5 or --set C=0.1,1,10; several values make one run each",
@@ -32,11 +32,17 @@ def register(subparsers) -> None:
         "--load", default="auto", choices=("auto", "memory", "stream"),
         help="auto (default): features into memory when they fit, else streamed from the cache",
     )
+    parser.add_argument(
+        "--views", default=None, metavar="VIEW[,VIEW...]",
+        help="train on the augmented views `extract --views` cached (e.g. flip,crop1): each epoch draws one view "
+        "of each training image, the original among them (--set views=all: every view, finetune)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.commands.runs import print_runs
+    from pipeline.extraction.views import parse_views
     from pipeline.training.runs import ranked
     from pipeline.training.settings import parse_settings
     from pipeline.training.train import TrainOptions, run_train
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         fractions=fractions,
         class_weight=args.class_weight,
         load=args.load,
+        views=parse_views(args.views),
     )
     entries = []
     for result in run_train(options, on_plan=print_plan):

@@ -16,8 +16,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from features_cache.relocate import relocate, unseen
     from features_cache.verify import damage
+    from pipeline.extraction.views import cached_views, view_cache
 
     problems = damage(args.cache)
+    for view in cached_views(args.cache):  # the views beside it are part of it
+        problems.extend(damage(view_cache(args.cache, view)))
     for file, reason in problems:
         print(f"{file}: {reason}", file=sys.stderr)
         if args.repair:
@@ -29,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.cache}: recorded where its {len(moved)} moved shards are now; every HDF5 reader finds them again")
         return 0
     if not problems and not moved:
-        print(f"{args.cache}: ok")
+        views = cached_views(args.cache)
+        print(f"{args.cache}: ok" + (f" (and its views {', '.join(views)})" if views else ""))
         return 0
     if moved:
         print(f"{args.cache}: {len(moved)} shards not found by plain HDF5 readers; run `pipeline verify --repair` to record where they are", file=sys.stderr)

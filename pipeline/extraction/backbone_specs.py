@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -34,6 +35,19 @@ BACKBONES: dict[str, BackboneSpec] = {
         weight_sizes=(96, 128, 160, 192, 224),
     ),
 }
+
+
+RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
+
+
+def weights_arguments(weights: str) -> tuple[str, int]:
+    """``build_backbone``'s (weights, seed) for a recipe's weights value or a ``--weights`` option."""
+    random = RANDOM_WEIGHTS.fullmatch(weights.strip())
+    if random:
+        return "none", int(random.group(1))
+    if weights.lower() in ("none", "random"):
+        return "none", 0
+    return weights, 0
 
 
 def keras_models_dir() -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from features_cache.schema import OUTPUT_LAYER
 from pipeline.errors import PipelineError
 from pipeline.extraction.backbone_specs import BACKBONES, BackboneSpec, cpu_flags, keras_models_dir
 
@@ -344,8 +345,13 @@ def build_backbone(
     precision: str = "auto",
     storage_dtype: str = "float16",
     seed: int = 0,
+    layer: str = OUTPUT_LAYER,
 ) -> Backbone:
-    """A frozen extractor: uint8 (batch, size, size, 3) in, ``storage_dtype`` features out."""
+    """A frozen extractor: uint8 (batch, size, size, 3) in, ``storage_dtype`` features out.
+
+    ``layer`` names the layer whose maps come out (the backbone's output by default); the
+    weight hash is always the whole backbone's, so it also vouches for the layers after it.
+    """
     if name not in BACKBONES:
         raise PipelineError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
@@ -356,6 +362,9 @@ def build_backbone(
         base = _build_base(name, spec, weights, image_size, seed)
     model, source = base
     model.trainable = False
+    sha256 = weights_sha256(model)
+    if layer != OUTPUT_LAYER:
+        model = keras.Model(model.input, _layer(model, name, layer).output, name=f"{name}_to_{layer}")
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
     features = model(Preprocess(spec.preprocessing, name="preprocess")(inputs), training=False)
     outputs = CastTo(storage_dtype, name="features")(features)
@@ -364,7 +373,48 @@ def build_backbone(
         name=name,
         model=extractor,
         weights=source,
-        weights_sha256=weights_sha256(model),
+        weights_sha256=sha256,
         preprocessing=spec.preprocessing,
         precision=precision,
     )
+
+
+def feature_layers(model: keras.Model) -> list[str]:
+    """The layers worth caching: each block's last layer (``block4_pool``, ``conv4_block6_out``), then the output."""
+    names = [layer.name for layer in model.layers[1:-1] if layer.name.endswith(("_pool", "_out", "_add"))]
+    return names or [layer.name for layer in model.layers[1:-1]]
+
+
+def _layer(model: keras.Model, backbone: str, layer: str):
+    if layer not in [existing.name for existing in model.layers[1:]]:
+        raise PipelineError(
+            f"--layer {layer}: {backbone} has no such layer; use one of {', '.join(feature_layers(model))} "
+            f"or {OUTPUT_LAYER} (its output, {model.layers[-1].name})"
+        )
+    return model.get_layer(layer)
+
+
+def build_top(
+    name: str, *, weights: str, image_size: int, layer: str, expected_sha256: str, seed: int = 0,
+) -> keras.Model:
+    """The backbone's layers after ``layer`` as their own float32 model (maps at ``layer`` in, the
+    backbone's output out), with the backbone's weights, refused unless their hash is ``expected_sha256``.
+
+    This is what fine-tuning trains on a cache of ``layer`` maps, and what the other heads
+    apply frozen to such a cache.
+    """
+    spec = BACKBONES[name]
+    with dtype_policy("float32"):
+        base, source = _build_base(name, spec, weights, image_size, seed)
+    found = weights_sha256(base)
+    if found != expected_sha256:
+        raise PipelineError(
+            f"--weights {source}: these {name} weights (sha256 {found[:12]}) are not the ones the cache was made with "
+            f"(sha256 {expected_sha256[:12]}); pass the weights file the cache was extracted with"
+        )
+    if layer == OUTPUT_LAYER:
+        raise PipelineError(f"the cache holds {name}'s output; there is no block after it to fine-tune")
+    start = _layer(base, name, layer)
+    inputs = keras.Input(tuple(int(d) for d in start.output.shape[1:]), name=f"{layer}_maps")
+    top = keras.Model(start.output, base.output)
+    return keras.Model(inputs, top(inputs), name=f"{name}_after_{layer}")

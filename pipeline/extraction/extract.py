@@ -34,6 +34,7 @@ from pipeline.extraction.options import (
     request_fingerprint,
 )
 from pipeline.extraction.sources import Dataset, discover
+from pipeline.extraction.views import describe
 
 __all__ = ["ExtractOptions", "ExtractReport", "run_extract"]
 
@@ -69,7 +70,7 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
         check_ray_options(options)
     dataset = discover(options.data)
     max_pixels = DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels
-    spec = ResizeSpec(options.image_size, options.resize, options.interpolation, max_pixels)
+    spec = ResizeSpec(options.image_size, options.resize, options.interpolation, max_pixels, options.view)
     request = request_fingerprint(options)
     try:
         with exclusive_writer(options.cache):
@@ -128,7 +129,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     precision, notes = auto_precision(options)
     backbone = build_backbone(
         options.backbone, weights=options.weights, image_size=options.image_size, precision=precision,
-        storage_dtype=options.storage_dtype, seed=options.seed,
+        storage_dtype=options.storage_dtype, seed=options.seed, layer=options.layer,
     )
     model_seconds = time.perf_counter() - loading
     recipe = schema.Recipe(
@@ -143,6 +144,8 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         precision=backbone.precision,
         storage_dtype=options.storage_dtype,
         decoder=pixel_decoder(options, spec),
+        layer=options.layer,
+        view=describe(options.view) if options.view else "",
     )
     old = planning.open_existing(options, recipe)
     live: set[Path] = set()

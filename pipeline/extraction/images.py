@@ -22,6 +22,7 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from features_cache.records import TRANSIENT, content_hash
+from pipeline.extraction.views import apply_view
 from pipeline.memory import available_memory
 
 RESIZE_MODES = ("stretch", "crop")
@@ -114,6 +115,7 @@ class ResizeSpec:
     resize: str = "stretch"
     interpolation: str = "bilinear"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    view: str = ""  # an augmented view applied to the pixels (pipeline.extraction.views), or none
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -131,7 +133,10 @@ def decode(data: bytes, spec: ResizeSpec, budget: DecodeBudget | None = None) ->
 
     The pixels are decoded only once ``budget`` (if any) has room for their working memory.
     """
-    return decoded(data, spec, lambda image: _resize(image, spec), budget)
+    pixels = decoded(data, spec, lambda image: _resize(image, spec), budget)
+    if spec.view:
+        return apply_view(pixels, spec.view, data, INTERPOLATIONS[spec.interpolation])
+    return pixels
 
 
 def decoded(

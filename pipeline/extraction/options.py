@@ -49,6 +49,8 @@ class ExtractOptions:
     keep_orphans: bool = False
     compression: str = "none"
     shard_rows: int = schema.EXTRACT_SHARD_ROWS
+    layer: str = schema.OUTPUT_LAYER
+    view: str = ""  # this run makes the cache of one augmented view (pipeline.extraction.views)
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -71,6 +73,8 @@ def check_options(options: ExtractOptions) -> None:
         resolve_decoder(options.decoder, options.workers or 1)
     if options.decoder == "gpu" and options.engine == "ray":
         raise PipelineError("--decoder gpu runs with the local engine; on Ray, workers decode on their CPUs")
+    if options.view and options.decoder == "gpu":
+        raise PipelineError("--views: views are made from Pillow's pixels; use --decoder auto, threads or processes")
     if options.engine not in ENGINES:
         raise PipelineError(f"unknown engine {options.engine!r}; use one of {', '.join(ENGINES)}")
     if options.engine == "local" and options.gpus_per_worker:
@@ -98,7 +102,10 @@ def request_fingerprint(options: ExtractOptions) -> str:
     in place does not.
     """
     payload = {
-        **{key: value for key, value in dataclasses.asdict(options).items() if key not in _NOT_IN_REQUEST},
+        **{
+            key: value for key, value in dataclasses.asdict(options).items()
+            if key not in _NOT_IN_REQUEST and not (key == "layer" and value == schema.OUTPUT_LAYER) and not (key == "view" and not value)
+        },
         "weights": options.weights if options.weights in ("imagenet", "none") else "file",
         "weights_digest": _weights_digest(options),
         "gpu_decoding": options.decoder == "gpu",  # threads or processes make the same pixels; the GPU does not
@@ -137,7 +144,7 @@ def _installed_version(package: str) -> str:
 def pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
     """What makes the pixels, for the recipe: Pillow, or the GPU decoder (``--decoder gpu``, or
     ``auto`` on a CUDA machine where it runs, unless an existing cache was made with Pillow)."""
-    if options.decoder not in ("gpu", "auto") or options.engine != "local":
+    if options.decoder not in ("gpu", "auto") or options.engine != "local" or options.view:
         return schema.PILLOW
     from pipeline.extraction import device_decode
 

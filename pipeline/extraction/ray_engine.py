@@ -192,6 +192,7 @@ def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOption
     build = {
         "name": options.backbone, "weights": options.weights, "image_size": options.image_size,
         "precision": recipe.precision, "storage_dtype": options.storage_dtype, "seed": options.seed,
+        "layer": options.layer,
     }
     actor = {
         "build": build, "recipe": recipe.to_attrs(), "cache": str(Path(options.cache).resolve()),

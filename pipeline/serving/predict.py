@@ -12,7 +12,6 @@ where it does not (its pixels differ slightly from the GPU's).
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from features_cache.records import SkippedFile
-from features_cache.schema import PILLOW, Recipe
+from features_cache.schema import OUTPUT_LAYER, PILLOW, Recipe
 from pipeline.errors import PipelineError
+from pipeline.extraction.backbone_specs import weights_arguments
 from pipeline.extraction.backbones import Backbone, build_backbone
 from pipeline.extraction.images import DEFAULT_MAX_PIXELS, ResizeSpec
 from pipeline.extraction.loader import DecodedBatch, LoadTask, iter_batches
 from pipeline.extraction.sources import candidate_files
 from pipeline.training.runs import CONTENT_KEY_DIGITS, TRAIN_CONTENT, load_run_config, resolve_run, write_predictions
-
-RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
+from pipeline.training.top import TOP_KEY
 
 
 @dataclasses.dataclass
@@ -72,18 +71,8 @@ def run_recipe(run_dir: Path, config: dict) -> Recipe:
         ) from None
 
 
-def weights_arguments(weights: str) -> tuple[str, int]:
-    """``build_backbone``'s (weights, seed) for a recipe's weights value or a ``--weights`` option."""
-    random = RANDOM_WEIGHTS.fullmatch(weights.strip())
-    if random:
-        return "none", int(random.group(1))
-    if weights.lower() in ("none", "random"):
-        return "none", 0
-    return weights, 0
-
-
-def rebuild_backbone(run_dir: Path, recipe: Recipe, weights: str | None = None) -> Backbone:
-    """The backbone the run's cache was made with; refuses weights with another hash."""
+def rebuild_backbone(run_dir: Path, recipe: Recipe, weights: str | None = None, layer: str | None = None) -> Backbone:
+    """The backbone the run's cache was made with (up to ``layer``, the recipe's by default); refuses weights with another hash."""
     name, seed = weights_arguments(weights or recipe.weights)
     backbone = build_backbone(
         recipe.backbone,
@@ -92,6 +81,7 @@ def rebuild_backbone(run_dir: Path, recipe: Recipe, weights: str | None = None) 
         precision=recipe.precision,
         storage_dtype=recipe.storage_dtype,
         seed=seed,
+        layer=layer or recipe.layer,
     )
     if backbone.weights_sha256 != recipe.weights_sha256:
         raise PipelineError(
@@ -108,7 +98,7 @@ def load_run_model(run: str, runs_dir: str | Path = "runs", weights: str | None 
     run_dir = resolve_run(run, runs_dir)
     config = load_run_config(run_dir)
     recipe = run_recipe(run_dir, config)
-    backbone = rebuild_backbone(run_dir, recipe, weights)
+    backbone = rebuild_backbone(run_dir, recipe, weights, head_layer(config, recipe))
     head = load_head(run_dir)
     expected = tuple(getattr(head, "input_shape_", backbone.feature_shape))
     if expected != backbone.feature_shape:
@@ -118,6 +108,12 @@ def load_run_model(run: str, runs_dir: str | Path = "runs", weights: str | None 
         )
     trained = frozenset(config.get(TRAIN_CONTENT) or ())
     return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head, trained)
+
+
+def head_layer(config: dict, recipe: Recipe) -> str:
+    """The layer whose maps the head takes: the recipe's, or the backbone's output where the run applied
+    the top block frozen to a cache of an earlier layer (the whole backbone computes the same)."""
+    return OUTPUT_LAYER if config.get(TOP_KEY, {}).get("block") == "frozen" else recipe.layer
 
 
 def find_images(arguments: list[str]) -> list[LoadTask]:

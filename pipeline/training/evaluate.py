@@ -23,6 +23,7 @@ from pipeline.training.runs import (
     resolve_run,
     write_predictions,
 )
+from pipeline.training.top import TOP_KEY, FrozenTop
 
 
 @dataclasses.dataclass
@@ -71,9 +72,10 @@ def run_evaluate(
             )
         rows, seen = _split_off_training_images(config, cache, rows, include_seen)
         head = load_head(run_dir)
-        labels, proba = _score(head, cache, rows, class_names)
+        top = FrozenTop(cache.recipe) if config.get(TOP_KEY, {}).get("block") == "frozen" else None
+        labels, proba = _score(head, cache, rows, class_names, top)
         metrics = evaluate(labels, proba, class_names)
-        seen_metrics = evaluate(*_score(head, cache, seen, class_names), class_names) if len(seen) else None
+        seen_metrics = evaluate(*_score(head, cache, seen, class_names, top), class_names) if len(seen) else None
         destination = Path(out) if out else run_dir / f"evaluate-{Path(cache_path).stem}.csv"
         write_predictions(
             destination, [cache.paths[r] for r in rows], proba, class_names, splits=cache.splits[rows].tolist(), y_true=labels
@@ -81,9 +83,10 @@ def run_evaluate(
     return Evaluation(run_dir, Path(cache_path), split, metrics, destination, seen_metrics)
 
 
-def _score(head, cache: FeatureCache, rows: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _score(head, cache: FeatureCache, rows: np.ndarray, class_names: list[str], top: FrozenTop | None) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array([class_names.index(cache.class_names[label]) for label in cache.labels[rows]], dtype=np.int64)
-    blocks = [head.class_probabilities(block, class_names) for block in cache.iter_features(rows, batch_size=1024)]
+    blocks = cache.iter_features(rows, batch_size=1024)
+    blocks = [head.class_probabilities(block, class_names) for block in (blocks if top is None else top.blocks(blocks))]
     return labels, np.concatenate(blocks)
 
 

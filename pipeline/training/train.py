@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from pipeline.training import runs
 from pipeline.training.metrics import evaluate
 from pipeline.training.settings import expand
 from pipeline.training.splits import DEFAULT_FRACTIONS, plan_cache_splits
+from pipeline.training.top import TOP_KEY, FrozenTop, has_top, saved_top
+from pipeline.training.views import load_views
 
 if TYPE_CHECKING:
     from classifiers import Head
@@ -45,6 +48,7 @@ class TrainOptions:
     fractions: Sequence[float] = DEFAULT_FRACTIONS
     class_weight: str = "none"
     load: str = "auto"
+    views: tuple[str, ...] = ()  # cached augmented views training draws from (``extract --views``)
 
 
 @dataclasses.dataclass
@@ -60,15 +64,16 @@ def class_labels(cache: FeatureCache, rows: np.ndarray) -> np.ndarray:
 
 
 class CacheRows:
-    """The rows ``indices`` of a cache as a :class:`classifiers.RowSource`, read on demand."""
+    """The rows ``indices`` of a cache as a :class:`classifiers.RowSource`, read on demand (through ``top`` when given)."""
 
-    def __init__(self, cache: FeatureCache, indices: np.ndarray) -> None:
-        self.cache, self.indices = cache, indices
+    def __init__(self, cache: FeatureCache, indices: np.ndarray, top: FrozenTop | None = None) -> None:
+        self.cache, self.indices, self.top = cache, indices, top
         self.labels = class_labels(cache, indices)
-        self.input_shape = cache.feature_shape
+        self.input_shape = cache.feature_shape if top is None else top.output_shape
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.cache.features(self.indices[rows])
+        features = self.cache.features(self.indices[rows])
+        return features if self.top is None else self.top(features)
 
 
 def load_features(cache: FeatureCache, indices: np.ndarray, what: str) -> np.ndarray:
@@ -104,6 +109,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
     with FeatureCache(options.cache) as cache:
+        grid, top = top_block(cache, options, head_cls, grid, runs_dir)
         plan = plan_cache_splits(cache, options.fractions, check_leakage=True)
         plan.notes.extend(selection_warnings(grid, plan.held_out))
         if on_plan is not None:
@@ -114,24 +120,31 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             options.load == "auto" and 3 * len(cache) * int(np.prod(cache.feature_shape)) * 4 < available_memory()
         )
         data = {split: load_features(cache, rows, split) for split, rows in indices.items()} if in_memory else None
+        if data is not None and top is not None:
+            data = {split: top(features) for split, features in data.items()}
         for features in (data or {}).values():
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
         train_content = runs.content_keys(cache, indices["train"])
+        views = training_views(cache, options, head_cls, indices["train"], in_memory, top)
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)
             started = time.perf_counter()
             head = head_cls(**params)
             if data is not None:
-                head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"])
+                head.fit(data["train"], labels["train"], X_val=data["val"], y_val=labels["val"], **views)
             else:
-                head.fit_stream(CacheRows(cache, indices["train"]), val=CacheRows(cache, indices["val"]))
+                head.fit_stream(CacheRows(cache, indices["train"], top), val=CacheRows(cache, indices["val"], top))
             fit_seconds = time.perf_counter() - started
             probas = {
-                split: predict(head, cache, indices[split], None if data is None else data[split]) for split in plan.held_out
+                split: predict(head, cache, indices[split], None if data is None else data[split], top) for split in plan.held_out
             }
             metrics = {split: evaluate(cache.labels[indices[split]], probas[split], cache.class_names) for split in probas}
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
+            if options.views:
+                config["views"] = list(options.views)
+            if has_top(cache.recipe):
+                config[TOP_KEY] = {"layer": cache.recipe.layer, "block": "frozen" if top is not None else "fine-tuned"}
             yield RunResult(name, folder, runs.write_run(
                 runs_dir, folder, head, config, metrics, cache, indices, probas, train_content
             ))
@@ -154,7 +167,42 @@ def selection_warnings(grid: list[dict[str, Any]], held_out: tuple[str, ...]) ->
     ]
 
 
-def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None) -> np.ndarray:
-    """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in blocks."""
+def predict(head: Head, cache: FeatureCache, rows: np.ndarray, loaded: np.ndarray | None, top: FrozenTop | None = None) -> np.ndarray:
+    """Probabilities for cache rows ``rows`` in the cache's class order: from ``loaded`` features, else read in
+    blocks (through the frozen ``top`` when the head trained on the backbone's output of a cache of an earlier layer)."""
     blocks = [loaded] if loaded is not None else cache.iter_features(rows, batch_size=EVAL_ROWS)
+    if loaded is None and top is not None:
+        blocks = top.blocks(blocks)
     return np.concatenate([head.class_probabilities(block, cache.class_names) for block in blocks])
+
+
+def training_views(cache: FeatureCache, options: TrainOptions, head_cls, rows: np.ndarray, in_memory: bool,
+                   top: FrozenTop | None) -> dict[str, np.ndarray]:
+    """``fit``'s ``views`` argument for the training rows: the cached views named by ``--views``, if any."""
+    if not options.views:
+        return {}
+    if "views" not in inspect.signature(head_cls.fit).parameters:
+        raise PipelineError(f"head {options.head!r} trains without views; drop --views or use --head dense, gap or finetune")
+    if not in_memory:
+        raise PipelineError("--views trains from memory; use --load memory on a machine with room for the views")
+    return {"views": load_views(cache, rows, options.views, top)}
+
+
+def top_block(cache: FeatureCache, options: TrainOptions, head_cls, grid: list[dict], runs_dir: Path) -> tuple[list[dict], FrozenTop | None]:
+    """The settings and frozen block for a cache of maps before the backbone's output.
+
+    ``finetune`` gets the recipe's block as its ``top`` (unless ``--set top=`` names one);
+    every other head trains on the block's frozen output, as on a cache of the output.
+    """
+    fine_tune = head_cls.name == "finetune"
+    if not has_top(cache.recipe):
+        if fine_tune:
+            raise PipelineError(
+                f"{options.cache} holds {cache.recipe.backbone}'s output maps, which leave no block to fine-tune; "
+                f"extract with --layer block4_pool into another --cache and train --head finetune on that"
+            )
+        return grid, None
+    if not fine_tune:
+        return grid, FrozenTop(cache.recipe)
+    top = str(saved_top(cache.recipe, runs_dir))
+    return [{**params, "top": params.get("top") or top} for params in grid], None
