@@ -83,7 +83,7 @@ BENCH_PRECISION ?= auto
 BENCH_BATCH ?= 32
 BENCH_OUT ?= bench-out
 
-# `make bench ENGINE=ray`: the single-machine engine against Ray with 1 and 2 workers, at 64 and BENCH_N images.
+# `make bench ENGINE=ray`: the single-machine engine against Ray on 1, 2 and 3 simulated nodes, at 64 and BENCH_N images.
 bench: setup
 ifeq ($(ENGINE),ray)
 	$(PY) -m bench.ray_cluster --n 64 $(BENCH_N) --size $(BENCH_SIZE) --batch $(BENCH_BATCH) --out $(BENCH_OUT)
