@@ -30,7 +30,7 @@ SIZE = 32
 
 def extract_args(data: Path, cache: Path, weights: Path, *extra: str) -> list[str]:
     return ["extract", str(data), "--cache", str(cache), "--weights", str(weights), "--image-size", str(SIZE),
-            "--batch-size", "4", "--precision", "float32", *extra]
+            "--batch-size", "4", "--shard-rows", "4", "--precision", "float32", *extra]
 
 
 def extracted(capsys) -> list[int]:
