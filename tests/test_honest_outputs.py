@@ -176,6 +176,8 @@ def old_identity(recipe: schema.Recipe) -> str:
     fields = dataclasses.asdict(recipe)
     if fields["decoder"] == schema.PILLOW:
         del fields["decoder"]
+    if fields["layer"] == schema.OUTPUT_LAYER and not fields["view"]:  # fields that came after the path left
+        del fields["layer"], fields["view"]
     payload = json.dumps({"schema_version": schema.SCHEMA_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
