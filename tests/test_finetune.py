@@ -143,3 +143,5 @@ def test_predict_and_export_agree_with_the_run(caches, head, settings, tmp_path,
     got = keras.ops.convert_to_numpy(model.predict(images, verbose=0))
     assert np.abs(got - predicted).max() <= 0.01
     assert np.array_equal(got.argmax(axis=1), predicted.argmax(axis=1))
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    assert "top=" not in capsys.readouterr().out  # the top block's file is train's, not a setting the table should show

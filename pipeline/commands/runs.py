@@ -27,12 +27,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+FILLED_BY_TRAIN = {"top"}  # finetune's top block: a file train builds from the cache's recipe, not a setting
+
+
 def settings_text(entry: dict) -> str:
     """The settings that differ from the head's defaults: what tells runs apart."""
     from classifiers import HEAD_NAMES, get_head
 
     defaults = get_head(entry["head"]).defaults() if entry["head"] in HEAD_NAMES else {}
-    return " ".join(f"{k}={v}" for k, v in entry["params"].items() if defaults.get(k) != v) or "defaults"
+    chosen = {k: v for k, v in entry["params"].items() if defaults.get(k) != v and k not in FILLED_BY_TRAIN}
+    return " ".join(f"{k}={v}" for k, v in chosen.items()) or "defaults"
 
 
 def print_runs(entries: list[dict], title: str | None = None, header: bool = True) -> None:
