@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     stages, facts = measure(settings)
-    facts["cache"] = cache_bench.measure(out / "cache", cache_bench.DEFAULT_ROWS)
+    facts["cache"] = cache_bench.growth(out / "cache", cache_bench.DEFAULT_ROWS)
     print(json.dumps({"cache": facts["cache"]}, indent=2))
     facts.update(device=device(), total_seconds=time.perf_counter() - started)
     results = report(stages, settings, facts)
