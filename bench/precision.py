@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.health import run
 from bench.real_photos import build_classes
 from features_cache import FeatureCache
 
 SETTINGS = (("float32", "float32"), ("float32", "float16"), ("bfloat16", "float16"))
 HEADS = ("logreg", "gap")
-
-
-def run(command: list[str]) -> float:
-    """Seconds a ``python -m pipeline`` command takes as a whole process."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline", *command], check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
 def test_accuracy(runs: Path, name: str) -> float:

@@ -8,15 +8,21 @@ from classifiers import keras_head
 from pipeline.cli import main
 
 
-def test_a_sweep_standardises_its_features_once_with_the_same_statistics(digits_cache, tmp_path, monkeypatch):
-    calls = []
-    measure = keras_head.channel_stats
+def counting(monkeypatch, owner: object, name: str) -> list:
+    """Replace ``owner.name`` with a wrapper that notes each call; the list of calls fills as it runs."""
+    calls: list = []
+    original = getattr(owner, name)
 
-    def counted(blocks):
+    def counted(*args, **kwargs):
         calls.append(1)
-        return measure(blocks)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(keras_head, "channel_stats", counted)
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_a_sweep_standardises_its_features_once_with_the_same_statistics(digits_cache, tmp_path, monkeypatch):
+    calls = counting(monkeypatch, keras_head, "channel_stats")
     argv = ["train", str(digits_cache), "--head", "gap", "--runs-dir", str(tmp_path), "--set", "verbose=0"]
     assert main([*argv, "--set", "epochs=1,2", "--name", "sweep"]) == 0
     assert len(calls) == 1
@@ -28,14 +34,7 @@ def test_a_sweep_standardises_its_features_once_with_the_same_statistics(digits_
 def test_a_sweep_reads_the_cache_records_as_often_as_one_run(digits_cache, tmp_path, monkeypatch):
     from features_cache.reader import FeatureCache
 
-    calls = []
-    records = FeatureCache.records
-
-    def counted(self):
-        calls.append(1)
-        return records(self)
-
-    monkeypatch.setattr(FeatureCache, "records", counted)
+    calls = counting(monkeypatch, FeatureCache, "records")
     argv = ["train", str(digits_cache), "--head", "logreg", "--runs-dir", str(tmp_path)]
     assert main([*argv, "--set", "C=0.5", "--name", "alone"]) == 0
     one_run = len(calls)
