@@ -14,7 +14,7 @@ from features_cache.reader import FeatureCache
 from features_cache.shards import collect_garbage, file_digest, new_shard_path, remove_temporaries, write_shard
 from features_cache.writer import FeatureSource, Row, standalone_bytes, write_cache, write_index
 
-_REWRITTEN = ("schema_version", "complete", "identity", "written_at")
+_REWRITTEN = ("schema_version", "complete", "identity", "written_at", "rows_digest", "index_digest")
 ROWS_PER_SHARD = 4096
 
 
@@ -59,13 +59,13 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None, compre
                     written.append(shard)
                     table.append((os.path.relpath(shard.resolve(), folder), stop - start, shard.stat().st_size, file_digest(shard), shard_id))
                     rows += [Row(records[i], int(labels[i]), str(splits[i]), FeatureSource(str(shard), i - start)) for i in range(start, stop)]
-                write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape,
-                            class_names=cache.class_names, rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table)
+                segments = write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape,
+                                       class_names=cache.class_names, rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table)
             except OSError as error:
                 for shard in written:
                     shard.unlink(missing_ok=True)
                 raise no_space(path.parent, _in_place_bytes(cache, records), error) from None
-        collect_garbage(path, {folder / name for name, *_ in table})
+        collect_garbage(path, {folder / name for name, *_ in table} | set(segments))
         return path
 
 

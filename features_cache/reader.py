@@ -13,6 +13,7 @@ import numpy as np
 from features_cache import halves, integrity, schema
 from features_cache.errors import CacheError, MissingShards
 from features_cache.records import UNKNOWN, FileRecord, FileStamp, SkippedFile
+from features_cache.segments import Columns, SegmentRef, read_segment
 
 
 class FeatureCache:
@@ -47,31 +48,32 @@ class FeatureCache:
     def _open(self) -> None:
         attrs = self._file.attrs
         if int(attrs.get("schema_version", 0)) not in schema.READABLE_VERSIONS or not attrs.get("complete", False):
-            raise CacheError(f"{self.path}: not a complete feature cache of schema version {schema.SCHEMA_VERSION}; rebuild it with `pipeline extract --force`")
+            raise CacheError(f"{self.path}: not a complete feature cache of schema version {schema.INDEX_VERSION}; rebuild it with `pipeline extract --force`")
         self.version = int(attrs["schema_version"])
         self.recipe = schema.Recipe.from_attrs(attrs)
         self.identity = str(attrs["identity"])
         self.attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in attrs.items()}
         self.class_names = [str(name) for name in self._file[schema.CLASS_NAMES].asstr()[()]]
+        self._features = self._file[schema.FEATURES]
+        self.relocated = False
+        self.segment_files: list[Path] = []
+        self._segments: list[tuple[SegmentRef, np.ndarray]] = []
+        self._columns: tuple[list[str], np.ndarray] | None = None
+        if self.version == schema.INDEX_VERSION:
+            self._open_table()
+            self._open_shards()
+            self._open_segments()
+            return
         self.labels = self._file[schema.LABELS][()].astype(np.int64)
         self.paths = [str(p) for p in self._file[schema.PATHS].asstr()[()]]
         self.splits = np.array([str(s) for s in self._file[schema.SPLIT].asstr()[()]], dtype=object)
-        self._features = self._file[schema.FEATURES]
-        self.relocated = False
         if self.version == schema.STANDALONE_VERSION:
             self.shard_files = [self.path]
             self._row_shard = np.zeros(len(self.paths), dtype=np.int32)
             self._row_index = np.arange(len(self.paths), dtype=np.int64)
             self._shards, self._checksums = [self._file], [integrity.stored_checksums(self._file)]
         else:
-            table = self._file[schema.SHARDS]
-            self.recorded_files = [str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
-            self.shard_files, self.relocated = locate_shards(self.path, self.recorded_files)
-            self.shard_rows = [int(n) for n in table[schema.SHARD_ROWS][()]]
-            self.shard_sizes = [int(n) for n in table[schema.SHARD_SIZES][()]]
-            self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
-            ids = table[schema.SHARD_IDS].asstr()[()] if schema.SHARD_IDS in table else [""] * len(self.shard_files)
-            self.shard_ids = [str(i) for i in ids]
+            self._open_table()
             self._row_shard = self._file[schema.ROW_SHARD][()]
             self._row_index = self._file[schema.ROW_INDEX][()]
             expected = schema.rows_digest(
@@ -83,6 +85,105 @@ class FeatureCache:
             if len(self._row_shard) != len(self.paths) or len(self._row_index) != len(self.paths):
                 raise ValueError("row table length")
             self._open_shards()
+
+    def _open_table(self) -> None:
+        """The shard table, and where its shards are now."""
+        table = self._file[schema.SHARDS]
+        self.recorded_files = [str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
+        self.shard_files, self.relocated = locate_shards(self.path, self.recorded_files)
+        self.shard_rows = [int(n) for n in table[schema.SHARD_ROWS][()]]
+        self.shard_sizes = [int(n) for n in table[schema.SHARD_SIZES][()]]
+        self.shard_digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
+        ids = table[schema.SHARD_IDS].asstr()[()] if schema.SHARD_IDS in table else [""] * len(self.shard_files)
+        self.shard_ids = [str(i) for i in ids]
+
+    def _open_segments(self) -> None:
+        """Read every segment the index lists, check each against the index's table, and list the
+        rows sorted by path (the order ``extract`` writes them in, whatever the commits were)."""
+        table = self._file[schema.SEGMENTS]
+        recorded = [str(name) for name in table[schema.SHARD_FILES].asstr()[()]]
+        counts = [int(n) for n in table[schema.SHARD_ROWS][()]]
+        digests = [str(d) for d in table[schema.SHARD_DIGESTS].asstr()[()]]
+        ids = [str(i) for i in table[schema.SHARD_IDS].asstr()[()]]
+        shards = list(zip(self.recorded_files, self.shard_rows, self.shard_sizes, self.shard_digests, self.shard_ids))
+        if str(self.attrs.get("index_digest", "")) != schema.index_digest(self.class_names, shards, list(zip(recorded, counts, digests, ids))):
+            raise ValueError("index digest")
+        self.segment_files, moved = locate_shards(self.path, recorded)
+        self.relocated = self.relocated or moved
+        refs = [SegmentRef(file, segment_id, count, digest) for file, count, digest, segment_id in zip(self.segment_files, counts, digests, ids)]
+        shard_number = {file.name: k for k, file in enumerate(self.shard_files)}
+        paths: list[str] = []
+        hashes: list[str] = []
+        splits: list[str] = []
+        labels, stamps, row_shard, row_index = [], [], [], []
+        for ref in refs:
+            columns = self._read_segment(ref)
+            paths += columns.paths
+            hashes += columns.content_hashes
+            splits += columns.splits
+            labels.append(columns.labels)
+            stamps.append(columns.stamps)
+            row_shard.append(np.array([shard_number[name] for name in columns.shard_names], dtype=np.int32)[columns.row_shard]
+                             if len(columns.paths) else np.zeros(0, np.int32))
+            row_index.append(columns.row_index)
+        joined = [np.concatenate(parts) if parts else np.zeros((0, 4) if parts is stamps else 0, np.int64)
+                  for parts in (labels, stamps, row_shard, row_index)]
+        order = np.arange(len(paths), dtype=np.int64)
+        if any(a > b for a, b in zip(paths, paths[1:])):
+            order = np.array(sorted(range(len(paths)), key=paths.__getitem__), dtype=np.int64)
+        self.paths = [paths[i] for i in order]
+        if any(a == b for a, b in zip(self.paths, self.paths[1:])):
+            raise ValueError("a path in two segments")
+        self.labels = joined[0][order].astype(np.int64)
+        if len(self.labels) and not (0 <= self.labels.min() and self.labels.max() < len(self.class_names)):
+            raise ValueError("labels")
+        self.splits = np.array([splits[i] for i in order], dtype=object)
+        self._columns = ([hashes[i] for i in order], joined[1].reshape(-1, 4)[order])
+        self._row_shard, self._row_index = joined[2][order], joined[3][order]
+        if len(order) and not ((self._row_index >= 0) & (self._row_index < np.array(self.shard_rows, dtype=np.int64)[self._row_shard])).all():
+            raise ValueError("row table")
+        logical = np.empty(len(order), dtype=np.int64)
+        logical[order] = np.arange(len(order))
+        starts = np.cumsum([0, *counts])
+        self._segments = [(ref, logical[start:stop]) for ref, start, stop in zip(refs, starts, starts[1:])]
+
+    def _read_segment(self, ref: SegmentRef) -> Columns:
+        if not ref.file.is_file():
+            raise CacheError(
+                f"{ref.file}: segment of {self.path} (the rows' paths and labels) is missing; "
+                "run `pipeline extract` again to rebuild the index from its shards"
+            )
+        try:
+            return read_segment(ref, self.class_names)
+        except ValueError as why:
+            raise CacheError(f"{ref.file}: segment of {self.path} is damaged ({why}); run `pipeline extract` again to rebuild the index from its shards") from None
+
+    def content_columns(self) -> tuple[list[str], np.ndarray]:
+        """Per row, the content hash and the stamp as ``(rows, 4)`` int64 (size, mtime, inode, ctime): records without the objects."""
+        if self._columns is not None:
+            return self._columns
+        records = self.records()
+        stamps = [(r.stamp.file_size, r.stamp.file_mtime_ns, r.stamp.inode, r.stamp.ctime_ns) for r in records]
+        return [r.content_hash for r in records], np.array(stamps, dtype=np.int64).reshape(len(records), 4)
+
+    def segment_rows(self) -> list[tuple[SegmentRef, np.ndarray]]:
+        """Per segment (version 3), its rows' positions in this reader's order: what a commit may keep."""
+        return list(self._segments)
+
+    @property
+    def path_width(self) -> int:
+        """Bytes of the segments' ``paths`` column (version 3), which new segments must share to keep old ones."""
+        return int(self._file[schema.PATHS].dtype.itemsize) if self.version == schema.INDEX_VERSION else 0
+
+    @property
+    def row_shards(self) -> np.ndarray:
+        """Per row, the shard (in ``shard_files``) its features are in."""
+        return self._row_shard
+
+    @property
+    def row_indices(self) -> np.ndarray:
+        """Per row, its row within that shard."""
+        return self._row_index
 
     def _open_shards(self) -> None:
         """Open every listed shard now, checking its size and, where the index recorded one, its id."""
@@ -169,8 +270,8 @@ class FeatureCache:
 
     @property
     def disk_bytes(self) -> int:
-        """The index and every shard it lists: what the cache takes on disk."""
-        return sum(file.stat().st_size for file in {self.path, *self.shard_files})
+        """The index and every shard and segment it lists: what the cache takes on disk."""
+        return sum(file.stat().st_size for file in {self.path, *self.shard_files, *self.segment_files})
 
     @property
     def shard_compression(self) -> list[str]:
@@ -179,6 +280,9 @@ class FeatureCache:
                 for handle in self._shards]
 
     def records(self) -> list[FileRecord]:
+        if self._columns is not None:
+            hashes, stamps = self._columns
+            return [FileRecord(p, h, FileStamp(*s)) for p, h, s in zip(self.paths, hashes, stamps.tolist())]
         return read_records(self._file)
 
     def skipped(self) -> list[SkippedFile]:

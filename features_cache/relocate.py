@@ -16,9 +16,10 @@ from pathlib import Path
 from features_cache import schema
 from features_cache.lock import exclusive_writer
 from features_cache.reader import FeatureCache
+from features_cache.shards import collect_garbage
 from features_cache.writer import FeatureSource, Row, write_index
 
-KEPT_AS_WRITTEN = ("schema_version", "complete", "identity", "written_at", "rows_digest")
+KEPT_AS_WRITTEN = ("schema_version", "complete", "identity", "written_at", "rows_digest", "index_digest")
 
 
 def relocate(path: str | os.PathLike) -> bool:
@@ -33,8 +34,9 @@ def relocate(path: str | os.PathLike) -> bool:
         rows = [Row(record, int(label), str(split), FeatureSource(str(file), index))
                 for record, label, split, (file, index) in zip(cache.records(), cache.labels, cache.splits, cache.sources())]
         attrs = {k: v for k, v in cache.attrs.items() if k not in KEPT_AS_WRITTEN and not k.startswith("recipe.")}
-        write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape, class_names=cache.class_names,
-                    rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table)
+        live = write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape, class_names=cache.class_names,
+                           rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table, previous=cache)
+    collect_garbage(path, {folder / name for name, *_ in table} | set(live))
     return True
 
 

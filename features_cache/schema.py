@@ -1,30 +1,35 @@
 """The HDF5 layout shared by the writers and the reader: one place owns every name.
 
 A cache is an index file plus a folder of shards beside it (``shards_dir``). The index
-holds one row per image in these datasets (all of length N):
+(version 3) shows one row per image in these datasets (all of length N, in storage order):
 
 - ``features``       (N, h, w, c) float16 or float32: a virtual dataset over the shards,
                      NaN where a shard cannot be found (any HDF5 reader sees a missing row)
-- ``labels``         (N,) int32, index into ``class_names``
+- ``labels``         (N,) int32, index into ``class_names`` (-1 where a segment cannot be found)
 - ``class_names``    (C,) UTF-8 strings, sorted
-- ``paths``          (N,) UTF-8 paths relative to the data root, sorted
+- ``paths``          (N,) UTF-8 paths relative to the data root
 - ``split``          (N,) "train", "val", "test" or "" where the data had no split
 - ``content_hash``   (N,) BLAKE2b-128 hex digest of the file's bytes
 - ``file_size``      (N,) int64 bytes, ``file_mtime_ns``, ``file_inode`` and
                      ``file_ctime_ns`` (N,) int64: the stat fingerprint that lets a re-run
                      skip hashing unchanged files (caches without the last two still read:
                      their files are hashed again once)
-- ``row_shard``, ``row_index`` (N,): the shard and row each row's features are in
 
-a ``shards`` group (``files`` relative to the index's folder, ``rows``, ``file_size``,
-``digest``, ``id``) and a ``skipped`` group with ``paths``, ``reasons`` and the same four stat
-fields for the files that could not be read. File attributes hold the
+All but ``features`` are virtual datasets over the segments (``segments.py``): immutable
+files in the shards folder holding those columns (fixed-width, gzip) and each row's shard and
+row, so a commit writes only new segments and this small file. :class:`FeatureCache` reads the
+segments themselves and lists rows sorted by path. The index also has a ``shards`` group
+(``files`` relative to the index's folder, ``rows``, ``file_size``, ``digest``, ``id``), a
+``segments`` group of the same form, and a ``skipped`` group with ``paths``, ``reasons`` and
+the same four stat fields for the files that could not be read. File attributes hold the
 :class:`Recipe` (everything that decides what the features are), its fingerprint,
 library versions and bookkeeping such as ``complete``. A shard holds ``features``
 (fletcher32-checked chunks of whole images that tile its rows, gzip-compressed where its
-``compression`` attribute says so), ``row_checksum`` per row, a random ``shard_id`` attribute, the per-row fingerprints, its ``skipped`` group and the
-recipe. Version 1, one standalone file with the features inside, is still read, and is
-what ``compact --to`` writes (with the same checksums and id as a shard).
+``compression`` attribute says so), ``row_checksum`` per row, a random ``shard_id`` attribute,
+the per-row fingerprints, its ``skipped`` group and the recipe. Version 2 kept every row's
+metadata in the index itself (plus ``row_shard`` and ``row_index``), rewritten whole by each
+commit; version 1 is one standalone file with the features inside, what ``compact --to``
+writes (with the same checksums and id as a shard). Both are still read.
 """
 
 from __future__ import annotations
@@ -32,13 +37,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # of every identity and shard (a new one would change every cache's identity)
 STANDALONE_VERSION = 1  # one file holding the features themselves
-READABLE_VERSIONS = (1, 2)
+SHARDED_VERSION = 2  # an index holding every row's metadata itself, rewritten whole by each commit
+INDEX_VERSION = 3  # an index whose rows' metadata is in segments (segments.py): what commits write
+SHARDED_VERSIONS = (SHARDED_VERSION, INDEX_VERSION)
+READABLE_VERSIONS = (STANDALONE_VERSION, *SHARDED_VERSIONS)
 
 FEATURES = "features"
 LABELS = "labels"
@@ -63,6 +72,7 @@ SHARD_ID = "shard_id"
 ROW_CHECKSUM = "row_checksum"  # per row of a shard or standalone file: integrity.row_checksums
 ROW_SHARD = "row_shard"
 ROW_INDEX = "row_index"
+SEGMENTS = "segments"  # the index's table of segments: ``files``, ``rows``, ``digest``, ``id`` as for shards
 
 ROW_DATASETS = (PATHS, CONTENT_HASH, FILE_SIZE, FILE_MTIME)
 
@@ -216,6 +226,13 @@ def rows_digest(
     for numbers in (labels, row_shard, row_index):
         digest.update(np.ascontiguousarray(numbers, dtype=np.int64).tobytes() + b"\x01")
     return digest.hexdigest()
+
+
+def index_digest(class_names: list[str], shards: Sequence[Sequence[object]], segments: Sequence[Sequence[object]]) -> str:
+    """BLAKE2b-128 over a version-3 index's own tables: its class names, shards and segments (each
+    segment carries the digest of its rows), checked on every open like :func:`rows_digest`."""
+    payload = json.dumps([class_names, [list(s) for s in shards], [list(s) for s in segments]], default=int)
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
 def shards_dir(cache_path: str | Path) -> Path:

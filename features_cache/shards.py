@@ -23,6 +23,7 @@ from features_cache.errors import CacheError
 from features_cache.faults import checkpoint
 from features_cache.reader import read_records, read_skipped
 from features_cache.records import FileRecord, SkippedFile
+from features_cache.segments import segment_files
 from features_cache.writer import atomic_h5, write_records, write_skipped
 
 _TEMP = re.compile(r"^\..*\.tmp-\d+(\.reserve)?$")
@@ -146,17 +147,17 @@ def shard_files(cache_path: str | Path) -> list[Path]:
 
 
 def strays(cache_path: str | Path) -> list[Path]:
-    """Entries of the shards folder that are neither shard files nor temporary files: listed, never touched."""
+    """Entries of the shards folder that are neither shard, segment nor temporary files: listed, never touched."""
     folder = schema.shards_dir(cache_path)
     if not folder.is_dir():
         return []
-    files = set(shard_files(cache_path))
+    files = {*shard_files(cache_path), *segment_files(cache_path)}
     return sorted(p for p in folder.iterdir() if p not in files and not (_TEMP.match(p.name) and p.is_file()))
 
 
 def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
-    """Delete shards the committed index no longer lists; run only after the index is durable."""
-    for path in shard_files(cache_path):
+    """Delete shards and segments the committed index no longer lists; run only after the index is durable."""
+    for path in [*shard_files(cache_path), *segment_files(cache_path)]:
         if path.resolve() not in live:
             path.unlink(missing_ok=True)
             checkpoint("collecting")

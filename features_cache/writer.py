@@ -14,13 +14,17 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-from features_cache import integrity, schema
+from features_cache import integrity, schema, segments
 from features_cache.atomic import replacing, temporary_path
 from features_cache.records import FileRecord, FileStamp, SkippedFile
+
+if TYPE_CHECKING:
+    from features_cache.reader import FeatureCache
 
 STRING = h5py.string_dtype("utf-8")
 
@@ -150,12 +154,15 @@ def write_index(
     skipped: Sequence[SkippedFile],
     attrs: dict[str, object],
     shards: Sequence[tuple[str, int, int, str, str]],
-) -> None:
-    """Write the index: row metadata, the shard table and ``features`` as a virtual dataset.
+    previous: FeatureCache | None = None,
+) -> list[Path]:
+    """Write the index: new segments for the rows ``previous`` has no unchanged segment of, then
+    the index itself (tables, class names, skips and the virtual datasets); returns every
+    segment file it lists (for garbage collection).
 
     ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest, id)``; every
-    row's source file must be one of them. Only this small file is rewritten per commit: the
-    per-row work is the row metadata itself (each distinct source file is resolved once).
+    row's source file must be one of them. A commit adding 1% of rows to a large cache writes
+    about 1% of its row metadata, plus an index of the size of its shard and segment tables.
     """
     path = Path(path)
     number = {name: i for i, (name, *_rest) in enumerate(shards)}
@@ -165,24 +172,95 @@ def write_index(
         relative[file] = os.path.relpath(Path(file).resolve(), folder)
     row_shard = np.array([number[relative[r.source.file]] for r in rows], dtype=np.int32)
     row_index = np.array([r.source.index for r in rows], dtype=np.int64)
+    name_of = {file: Path(name).name for file, name in relative.items()}
+    names = [name_of[r.source.file] for r in rows]
+    width = segments.path_width([r.record.path for r in rows])
+    kept, fresh = _unchanged_segments(previous, rows, names, class_names, width)
+    schema.shards_dir(path).mkdir(exist_ok=True)
+    listed: list[tuple[segments.SegmentRef, np.ndarray]] = []
+    for ref, positions in segments.plan_segments(kept, fresh):
+        if ref is None:
+            columns = segments.columns_of([rows[i] for i in positions], [names[i] for i in positions])
+            ref = segments.write_segment(segments.new_segment_path(path), columns, class_names, width)
+        listed.append((ref, positions))
+    storage = np.concatenate([positions for _, positions in listed]).astype(np.int64) if listed else np.zeros(0, np.int64)
+    segment_table = [(os.path.relpath(ref.file.resolve(), folder), ref.rows, ref.digest, ref.segment_id) for ref, _ in listed]
     with atomic_h5(path, "index") as f:
-        write_virtual(f, schema.FEATURES, virtual_layout(shards, row_shard, row_index, feature_shape, np.dtype(recipe.storage_dtype)))
-        _common(f, recipe, class_names, rows, skipped, attrs)
-        table = f.create_group(schema.SHARDS)
-        write_strings(table, schema.SHARD_FILES, [s[0] for s in shards])
-        table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in shards], dtype=np.int64))
-        table.create_dataset(schema.SHARD_SIZES, data=np.array([s[2] for s in shards], dtype=np.int64))
-        write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
-        write_strings(table, schema.SHARD_IDS, [s[4] for s in shards])
-        f.create_dataset(schema.ROW_SHARD, data=row_shard)
-        f.create_dataset(schema.ROW_INDEX, data=row_index)
-        f.attrs["rows_digest"] = schema.rows_digest(
-            [r.record.path for r in rows], [r.record.content_hash for r in rows],
-            np.array([r.label for r in rows]), [r.split for r in rows], list(class_names),
-            row_shard, row_index, [s[0] for s in shards],
-        )
-        f.attrs["schema_version"] = schema.SCHEMA_VERSION
+        layout = virtual_layout(shards, row_shard[storage], row_index[storage], feature_shape, np.dtype(recipe.storage_dtype))
+        write_virtual(f, schema.FEATURES, layout)
+        for column, dtype in segments.column_dtypes(width).items():
+            f.create_virtual_dataset(column, _segment_layout(segment_table, column, dtype), fillvalue=segments.VIRTUAL_COLUMNS[column])
+        write_strings(f, schema.CLASS_NAMES, class_names)
+        write_skipped(f, skipped)
+        f.attrs.update(recipe.to_attrs())
+        f.attrs["identity"] = recipe.fingerprint()
+        f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.attrs.update(attrs)
+        _write_table(f.create_group(schema.SHARDS), shards)
+        table = f.create_group(schema.SEGMENTS)
+        write_strings(table, schema.SHARD_FILES, [s[0] for s in segment_table])
+        table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in segment_table], dtype=np.int64))
+        write_strings(table, schema.SHARD_DIGESTS, [s[2] for s in segment_table])
+        write_strings(table, schema.SHARD_IDS, [s[3] for s in segment_table])
+        f.attrs["index_digest"] = schema.index_digest(list(class_names), shards, segment_table)
+        f.attrs["schema_version"] = schema.INDEX_VERSION
         f.attrs["complete"] = np.int8(1)
+    return [ref.file.resolve() for ref, _ in listed]
+
+
+def _write_table(table: h5py.Group, shards: Sequence[tuple[str, int, int, str, str]]) -> None:
+    write_strings(table, schema.SHARD_FILES, [s[0] for s in shards])
+    table.create_dataset(schema.SHARD_ROWS, data=np.array([s[1] for s in shards], dtype=np.int64))
+    table.create_dataset(schema.SHARD_SIZES, data=np.array([s[2] for s in shards], dtype=np.int64))
+    write_strings(table, schema.SHARD_DIGESTS, [s[3] for s in shards])
+    write_strings(table, schema.SHARD_IDS, [s[4] for s in shards])
+
+
+def _segment_layout(table: Sequence[tuple[str, int, str, str]], column: str, dtype: np.dtype) -> h5py.VirtualLayout:
+    """One column of every segment, end to end, as one virtual dataset of the index."""
+    layout = h5py.VirtualLayout(shape=(sum(rows for _, rows, *_ in table),), dtype=dtype)
+    start = 0
+    for name, rows, *_ in table:
+        if rows:
+            layout[start : start + rows] = h5py.VirtualSource(name, column, shape=(rows,), dtype=dtype)
+        start += rows
+    return layout
+
+
+def _unchanged_segments(
+    previous: FeatureCache | None, rows: Sequence[Row], names: Sequence[str], class_names: Sequence[str], width: int,
+) -> tuple[list[tuple[segments.SegmentRef, np.ndarray]], np.ndarray]:
+    """The old index's segments whose every row is in ``rows`` exactly as it says (path, fingerprints,
+    label, split, shard and row), with their positions in ``rows``; and the positions of all other rows.
+
+    Nothing is kept when the class names or the paths' width changed (every label or path would differ).
+    Rows are compared as tuples of plain values, a few hundred nanoseconds a row."""
+    everything = np.arange(len(rows), dtype=np.int64)
+    if previous is None or previous.version != schema.INDEX_VERSION or previous.class_names != list(class_names) or previous.path_width != width:
+        return [], everything
+    stamps = [row.record.stamp for row in rows]
+    new = dict(zip(
+        [row.record.path for row in rows],
+        zip(range(len(rows)), [row.record.content_hash for row in rows],
+            [s.file_size for s in stamps], [s.file_mtime_ns for s in stamps], [s.inode for s in stamps], [s.ctime_ns for s in stamps],
+            [row.label for row in rows], [row.split for row in rows], names, [row.source.index for row in rows]),
+    ))
+    hashes, old_stamps = previous.content_columns()
+    shard_names = [file.name for file in previous.shard_files]
+    old = list(zip(
+        previous.paths, hashes, *old_stamps.T.tolist(), previous.labels.tolist(), list(previous.splits),
+        [shard_names[k] for k in previous.row_shards.tolist()], previous.row_indices.tolist(),
+    ))
+    covered = np.zeros(len(rows), dtype=bool)
+    kept = []
+    for ref, logical in previous.segment_rows():
+        found = [new.get(old[j][0]) for j in logical.tolist()]
+        if all(entry is not None and entry[1:] == old[j][1:] for entry, j in zip(found, logical.tolist())):
+            at = np.array([entry[0] for entry in found], dtype=np.int64)
+            if not covered[at].any():
+                covered[at] = True
+                kept.append((ref, at))
+    return kept, everything[~covered]
 
 
 def virtual_layout(

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 from image_factory import make_class_folders, photo, save
-from test_extract import assert_same_cache, cli_args, options, snapshot
+from test_extract import assert_only_listed_files, assert_same_cache, cli_args, options, snapshot
 
 from features_cache import integrity, schema
 from features_cache.compact import compact
@@ -108,7 +108,7 @@ def test_sigkill_at_every_phase(point, data, reference, weights_file, tmp_path, 
     finally:
         (data / "a" / "extra.png").unlink()
     assert_recovers(data, cache, weights_file, reference, capsys)
-    assert sorted(p.name for p in schema.shards_dir(cache).iterdir() if not p.name.startswith("shard-")) == []
+    assert_only_listed_files(cache)
 
 
 def _spawned_workers(since: float) -> list[psutil.Process]:
@@ -249,7 +249,8 @@ def test_compact_and_version_one_caches(data, reference, weights_file, tmp_path,
     single = compact(cache, tmp_path / "shared.h5")
     assert_same_cache(snapshot(single), reference)
     compact(cache)
-    assert len(list(schema.shards_dir(cache).iterdir())) == 1
+    assert len(list(schema.shards_dir(cache).glob("shard-*.h5"))) == 1
+    assert_only_listed_files(cache)
     assert_same_cache(snapshot(cache), reference)
 
     old = tmp_path / "v1.h5"  # a version-1 cache is one standalone file: read, then upgraded by extract
@@ -261,7 +262,7 @@ def test_compact_and_version_one_caches(data, reference, weights_file, tmp_path,
     assert_same_cache(snapshot(old), reference)
     assert extract(data, old, weights_file, capsys)[0] == 0
     with FeatureCache(old) as upgraded:
-        assert upgraded.version == schema.SCHEMA_VERSION
+        assert upgraded.version == schema.INDEX_VERSION
     assert_same_cache(snapshot(old), reference)
 
 
@@ -277,8 +278,10 @@ def _h5dump_rows(index: Path, rows: list[int]) -> list[str]:
 
 
 def _plain_read(index: Path) -> np.ndarray:
+    """``features`` as any HDF5 reader sees it (in storage order), put in the product's order by the index's ``paths``."""
     with h5py.File(index, "r") as f:
-        return f[schema.FEATURES][()]
+        paths = list(f[schema.PATHS].asstr()[()])
+        return f[schema.FEATURES][()][sorted(range(len(paths)), key=paths.__getitem__)]
 
 
 def test_a_deleted_shard_reads_as_nan_in_hdf5_readers_and_is_an_error_in_the_product(data, weights_file, tmp_path, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from features_cache import schema
 from features_cache.reader import FeatureCache
 from pipeline.commands.output import make_console
 from pipeline.extraction.extract import ExtractReport
@@ -71,10 +72,11 @@ LARGE_CACHE_BYTES = 10 * 10**9  # where halving the disk starts to matter more t
 
 def _print_storage(cache: FeatureCache) -> None:
     """Shards and how they store features; where they were found if the cache was moved; gzip for large caches."""
-    if cache.version != 2:
+    if cache.version not in schema.SHARDED_VERSIONS:
         return
     kinds = collections.Counter(cache.shard_compression)
-    console.print(f"  {len(cache.shard_files)} shards ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))})")
+    segments = f", {len(cache.segment_files)} segments of row metadata" if cache.version == schema.INDEX_VERSION else ""
+    console.print(f"  {len(cache.shard_files)} shards ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}){segments}")
     if cache.relocated:
         console.print(
             f"  shards found in {cache.shard_files[0].parent} (the index names {Path(cache.recorded_files[0]).parent}): "

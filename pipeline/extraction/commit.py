@@ -58,12 +58,12 @@ def commit(
     attrs: dict,
     versions: dict | None = None,
 ) -> set[Path]:
-    """Write the new index atomically; returns the shard files it lists (for garbage collection).
+    """Write the new index atomically; returns the shard and segment files it lists (for garbage collection).
 
     ``versions`` are the libraries the features were made with: this process's by default, the
     old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
     shards = {shard.path.resolve() for shard in known}
-    if old is not None and old.version == schema.SCHEMA_VERSION:
+    if old is not None and old.version in schema.SHARDED_VERSIONS:
         shards |= {file.resolve() for file in old.shard_files}
     rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape, shards)
     table = _shard_table(cache_path, rows, old, [*known, *upgraded])
@@ -75,11 +75,11 @@ def commit(
         **(library_versions() if versions is None else versions),
     }
     try:
-        write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,
-                    rows=rows, skipped=skipped, attrs=attrs, shards=table)
+        segments = write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,
+                               rows=rows, skipped=skipped, attrs=attrs, shards=table, previous=old)
     except OSError as error:
         raise PipelineError(str(no_space(cache_path.parent, index_bytes(len(rows)), error))) from None
-    return {cache_path.parent.resolve() / name for name, *_ in table}
+    return {cache_path.parent.resolve() / name for name, *_ in table} | set(segments)
 
 
 def _now() -> str:
@@ -129,7 +129,7 @@ def _shard_table(cache_path: Path, rows: list[Row], old: FeatureCache | None, kn
     no old shard is opened, so a commit costs the new shards and the index, whatever N is.
     """
     facts: dict[Path, tuple[int, int, str, str]] = {}
-    if old is not None and old.version == schema.SCHEMA_VERSION:
+    if old is not None and old.version in schema.SHARDED_VERSIONS:
         facts = {f.resolve(): (count, size, digest, shard_id) for f, count, size, digest, shard_id
                  in zip(old.shard_files, old.shard_rows, old.shard_sizes, old.shard_digests, old.shard_ids)}
     facts.update({shard.path.resolve(): (len(shard.records), shard.size, shard.digest, shard.shard_id) for shard in known})

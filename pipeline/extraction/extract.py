@@ -102,7 +102,7 @@ def _without_model(
         if cache.attrs.get("request") != request:
             return None
         live = {file.resolve() for file in cache.shard_files}
-        if cache.version != schema.SCHEMA_VERSION or any(p.resolve() not in live for p in shard_files(path)):
+        if cache.version != schema.INDEX_VERSION or any(p.resolve() not in live for p in shard_files(path)):
             return None
         planned = planning.plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = index_rows(dataset, planned.ready)
@@ -167,7 +167,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
             )
         written = (
             old is None
-            or old.version != schema.SCHEMA_VERSION
+            or old.version != schema.INDEX_VERSION
             or bool(adopted or new)
             or not unchanged(old, dataset, class_names, rows, skipped)
         )
