@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 from image_factory import photo, save
+from legacy_index import rewrite_as_version_2
 from test_extract import options, snapshot
 
 from features_cache import schema
@@ -97,6 +98,7 @@ def test_a_cache_without_inode_and_ctime_is_rehashed_once_not_extracted(tmp_path
     data = bmp_folders(tmp_path / "bmps", {"a": 3, "b": 3})
     cache = tmp_path / "features.h5"
     run_extract(options(data, cache, weights_file))
+    rewrite_as_version_2(cache)
     with h5py.File(cache, "r+") as f:  # what caches written before these fields look like
         for group in (f, f[schema.SKIPPED]):
             for name in ("file_inode", "file_ctime_ns"):

@@ -263,7 +263,8 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
         FeatureCache(cache_path)
 
     assert resume(data, cache_path, weights_file) <= 400 - 4 * committed
-    assert len(list(shards.glob("*"))) == 400 // 4  # one shard a batch of 4, no leftovers
+    assert len(list(shards.glob("shard-*.h5"))) == 400 // 4  # one shard a batch of 4
+    assert_only_listed_files(cache_path)  # no leftovers
 
     uninterrupted = tmp_path / "straight.h5"
     run_extract(options(data, uninterrupted, weights_file, storage_dtype="float16"))
