@@ -8,7 +8,7 @@ its cores, so the rows are what Ray's machinery costs, not what more machines wo
 
 From the same runs it measures what a projection needs: seconds per image on one worker,
 the driver's seconds per image outside the model (planning, commit), its seconds per shard to
-verify what workers wrote, and the rows per shard (so the files per million images). The
+accept what workers wrote (and, beside it, to read a shard back whole), and the rows per shard (so the files per million images). The
 projection's inputs are printed and stored, so the sum can be redone by hand.
 
     python -m bench.ray_cluster --n 64 512 --size 224 --nodes 1 2 3 --out bench-out
@@ -50,17 +50,32 @@ def _extract(data: Path, cache: Path, size: int, batch: int, log: Path, ray: tup
 
 
 def _shard_costs(cache: Path) -> dict:
-    """Rows per shard, and what the driver pays to verify each one a worker wrote (it reads every chunk)."""
+    """Rows per shard, and what the driver pays to accept each one a worker wrote: the size and id
+    check of ``ray_engine._accepted`` (the worker sends the digest and checked every row), beside
+    reading it back whole, which is what the driver did before."""
+    import h5py
+
+    from features_cache import integrity
     from features_cache.reader import FeatureCache
-    from features_cache.shards import open_shard, shard_files
+    from features_cache.shards import file_digest, open_shard, shard_files
+    from pipeline.extraction.ray_engine import ShardFacts, _accepted
 
     with FeatureCache(cache) as opened:
         recipe, rows = opened.recipe, len(opened)
     paths = shard_files(cache)
+    facts = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            facts.append(ShardFacts(path.stat().st_size, file_digest(path), integrity.stored_id(f), len(f["features"])))
+    started = time.perf_counter()
+    for path, fact in zip(paths, facts):
+        _accepted(path, fact, [], [])
+    accepted = (time.perf_counter() - started) / len(paths)
     started = time.perf_counter()
     for path in paths:
         open_shard(path, recipe, read_features=True)
-    return {"shards": len(paths), "rows": rows, "verify_seconds_per_shard": (time.perf_counter() - started) / len(paths)}
+    return {"shards": len(paths), "rows": rows, "verify_seconds_per_shard": accepted,
+            "read_back_seconds_per_shard": (time.perf_counter() - started) / len(paths)}
 
 
 def _cluster(nodes: int):
@@ -126,11 +141,13 @@ def projection(small: dict | None, large: dict) -> dict:
         "w_worker_seconds_per_image": w,
         "d_driver_seconds_per_image": d,
         "v_driver_verify_seconds_per_shard": large["verify_seconds_per_shard"],
+        "reading_each_shard_back_would_take_seconds": large["read_back_seconds_per_shard"],
         "r_rows_per_shard": large["rows"] / large["shards"],
     }
     shards = TARGET / inputs["r_rows_per_shard"]
     driver = TARGET * max(inputs["d_driver_seconds_per_image"], 0.0)
     verify = shards * inputs["v_driver_verify_seconds_per_shard"]
+    read_back = shards * inputs["reading_each_shard_back_would_take_seconds"]
 
     def hours(workers: int, seconds_per_image: float) -> float:
         return (driver + max(TARGET * seconds_per_image / workers, verify)) / 3600
@@ -141,6 +158,7 @@ def projection(small: dict | None, large: dict) -> dict:
         "files_per_million": 1e6 / inputs["r_rows_per_shard"],
         "driver_plan_commit_hours": driver / 3600,
         "driver_verify_hours": verify / 3600,
+        "driver_read_back_hours": read_back / 3600,
         f"hours_on_{GPU_WORKERS}_nodes_like_this_one": hours(GPU_WORKERS, inputs["w_worker_seconds_per_image"]),
         f"hours_on_{GPU_WORKERS}_gpus_at_{GPU_IMAGES_PER_SECOND}_img_s": hours(GPU_WORKERS, 1 / GPU_IMAGES_PER_SECOND),
     }
@@ -167,7 +185,8 @@ def report(rows: list[dict], plan: dict, size: int, batch: int) -> None:
     console.print("  " + ", ".join(f"{key} = {value:.4g}" for key, value in inputs.items()))
     console.print(
         f"  {plan['files_per_million']:,.0f} shard files per million images; driver plan+commit "
-        f"{plan['driver_plan_commit_hours']:.2f} h, driver shard checks {plan['driver_verify_hours']:.2f} h; "
+        f"{plan['driver_plan_commit_hours']:.2f} h, driver shard checks {plan['driver_verify_hours']:.2f} h "
+        f"(reading each shard back, as before: {plan['driver_read_back_hours']:.2f} h); "
         f"{GPU_WORKERS} nodes like this one: {plan[f'hours_on_{GPU_WORKERS}_nodes_like_this_one']:.1f} h; "
         f"{GPU_WORKERS} GPUs at {GPU_IMAGES_PER_SECOND} img/s each: "
         f"{plan[f'hours_on_{GPU_WORKERS}_gpus_at_{GPU_IMAGES_PER_SECOND}_img_s']:.2f} h"

@@ -135,7 +135,7 @@ class FeatureCache:
         if any(a == b for a, b in zip(self.paths, self.paths[1:])):
             raise ValueError("a path in two segments")
         self.labels = joined[0][order].astype(np.int64)
-        if len(self.labels) and not (0 <= self.labels.min() and self.labels.max() < len(self.class_names)):
+        if len(self.labels) and not (self.labels.min() >= 0 and self.labels.max() < len(self.class_names)):
             raise ValueError("labels")
         self.splits = np.array([splits[i] for i in order], dtype=object)
         self._columns = ([hashes[i] for i in order], joined[1].reshape(-1, 4)[order])

@@ -175,7 +175,7 @@ def write_index(
     name_of = {file: Path(name).name for file, name in relative.items()}
     names = [name_of[r.source.file] for r in rows]
     width = segments.path_width([r.record.path for r in rows])
-    kept, fresh = _unchanged_segments(previous, rows, names, class_names, width)
+    kept, fresh = _unchanged_segments(previous, rows, row_shard, row_index, shards, class_names, width)
     schema.shards_dir(path).mkdir(exist_ok=True)
     listed: list[tuple[segments.SegmentRef, np.ndarray]] = []
     for ref, positions in segments.plan_segments(kept, fresh):
@@ -228,39 +228,57 @@ def _segment_layout(table: Sequence[tuple[str, int, str, str]], column: str, dty
 
 
 def _unchanged_segments(
-    previous: FeatureCache | None, rows: Sequence[Row], names: Sequence[str], class_names: Sequence[str], width: int,
+    previous: FeatureCache | None, rows: Sequence[Row], row_shard: np.ndarray, row_index: np.ndarray,
+    shards: Sequence[tuple], class_names: Sequence[str], width: int,
 ) -> tuple[list[tuple[segments.SegmentRef, np.ndarray]], np.ndarray]:
     """The old index's segments whose every row is in ``rows`` exactly as it says (path, fingerprints,
     label, split, shard and row), with their positions in ``rows``; and the positions of all other rows.
 
     Nothing is kept when the class names or the paths' width changed (every label or path would differ).
-    Rows are compared as tuples of plain values, a few hundred nanoseconds a row."""
+    Old rows are found among the new by the paths' own (cached) string hashes through a sorted array,
+    then compared column by column, so a row costs well under a microsecond and no tuple."""
     everything = np.arange(len(rows), dtype=np.int64)
-    if previous is None or previous.version != schema.INDEX_VERSION or previous.class_names != list(class_names) or previous.path_width != width:
+    if (previous is None or not len(rows) or previous.version != schema.INDEX_VERSION
+            or previous.class_names != list(class_names) or previous.path_width != width):
         return [], everything
+    old_paths, (old_hashes, old_stamps) = previous.paths, previous.content_columns()
+    new_paths = [row.record.path for row in rows]
+    at = _positions(new_paths, old_paths)
+    where = at.tolist()
+    same = at >= 0
+    for new, old in ((new_paths, old_paths), ([row.record.content_hash for row in rows], old_hashes),
+                     ([row.split for row in rows], list(previous.splits))):
+        same &= np.fromiter((new[i] == value for i, value in zip(where, old)), dtype=bool, count=len(old))
     stamps = [row.record.stamp for row in rows]
-    new = dict(zip(
-        [row.record.path for row in rows],
-        zip(range(len(rows)), [row.record.content_hash for row in rows],
-            [s.file_size for s in stamps], [s.file_mtime_ns for s in stamps], [s.inode for s in stamps], [s.ctime_ns for s in stamps],
-            [row.label for row in rows], [row.split for row in rows], names, [row.source.index for row in rows]),
-    ))
-    hashes, old_stamps = previous.content_columns()
-    shard_names = [file.name for file in previous.shard_files]
-    old = list(zip(
-        previous.paths, hashes, *old_stamps.T.tolist(), previous.labels.tolist(), list(previous.splits),
-        [shard_names[k] for k in previous.row_shards.tolist()], previous.row_indices.tolist(),
-    ))
+    for k, field in enumerate(("file_size", "file_mtime_ns", "inode", "ctime_ns")):
+        same &= np.fromiter((getattr(s, field) for s in stamps), dtype=np.int64, count=len(rows))[at] == old_stamps[:, k]
+    same &= np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows))[at] == previous.labels
+    number = {Path(name).name: k for k, (name, *_rest) in enumerate(shards)}
+    renumbered = np.array([number.get(file.name, -1) for file in previous.shard_files], dtype=np.int64)
+    same &= (row_shard[at] == renumbered[previous.row_shards]) & (row_index[at] == previous.row_indices)
     covered = np.zeros(len(rows), dtype=bool)
     kept = []
     for ref, logical in previous.segment_rows():
-        found = [new.get(old[j][0]) for j in logical.tolist()]
-        if all(entry is not None and entry[1:] == old[j][1:] for entry, j in zip(found, logical.tolist())):
-            at = np.array([entry[0] for entry in found], dtype=np.int64)
-            if not covered[at].any():
-                covered[at] = True
-                kept.append((ref, at))
+        if same[logical].all():
+            covered[at[logical]] = True
+            kept.append((ref, at[logical]))
     return kept, everything[~covered]
+
+
+def _positions(new: list[str], old: list[str]) -> np.ndarray:
+    """Per path of ``old``, its position in ``new`` (paths are unique in each), or -1 where it is
+    not there; where two new paths share a string hash a dict does it, which costs more."""
+    keys = np.fromiter(map(hash, new), dtype=np.int64, count=len(new))
+    wanted = np.fromiter(map(hash, old), dtype=np.int64, count=len(old))
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    if len(new) > 1 and (ordered[1:] == ordered[:-1]).any():
+        index = {path: i for i, path in enumerate(new)}
+        return np.array([index.get(path, -1) for path in old], dtype=np.int64)
+    if not len(new):
+        return np.full(len(old), -1, dtype=np.int64)
+    found = np.searchsorted(ordered, wanted).clip(0, len(new) - 1)
+    return np.where(ordered[found] == wanted, order[found], -1)  # a hash match with another path fails the path check
 
 
 def virtual_layout(

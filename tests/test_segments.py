@@ -12,7 +12,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from image_factory import photo, save
 from test_cache_faults import data, reference  # noqa: F401 - shared fixtures
 from test_extract import assert_only_listed_files, assert_same_cache, options, plain_snapshot, snapshot
 
@@ -104,7 +103,7 @@ def test_rows_read_in_path_order_whatever_order_the_commits_wrote_them(tmp_path)
 def test_segments_stay_few_over_many_commits():
     plan: list = []
     total = 0
-    for commit_number in range(200):
+    for _ in range(200):
         fresh = np.arange(total, total + 100)
         plan = plan_segments([(ref or object(), rows) for ref, rows in plan], fresh)
         total += 100

@@ -27,14 +27,15 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import h5py
 import numpy as np
 
-from features_cache import schema
+from features_cache import integrity, schema
 from features_cache.faults import checkpoint
 from features_cache.records import FileRecord, SkippedFile
-from features_cache.shards import Shard, new_shard_path, open_shard, write_shard
+from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
 from pipeline import progress
 from pipeline.errors import PipelineError
 from pipeline.extraction.images import ResizeSpec, default_budget
@@ -119,10 +120,11 @@ class FeatureActor:
         records = [outcomes[i] for i in readable]
         skipped = [outcome for outcome in outcomes if isinstance(outcome, SkippedFile)]
         features = self._features(batch["pixels"][readable], records)
-        if self.writes:
+        if self.writes:  # the shard's facts go with its name, so the driver need not read it back
             path = new_shard_path(self.cache)
-            write_shard(path, self.recipe, features, records, skipped, self.compression)
-            shard, payload = str(path), b""
+            shard_id = write_shard(path, self.recipe, features, records, skipped, self.compression)
+            facts = ShardFacts(path.stat().st_size, file_digest(path), shard_id, len(records))
+            shard, payload = str(path), pickle.dumps((facts, records, skipped))
         else:
             shard, payload = "", pickle.dumps((features, records, skipped))
         return {"shard": np.array([shard]), "payload": np.array([payload], dtype=object), "files": np.array([len(outcomes)])}
@@ -173,7 +175,7 @@ def extract_on_ray(
                 for block in outputs:
                     for shard, payload, files in zip(block["shard"], block["payload"], block["files"]):
                         if shard:
-                            adopted.append(_verified(Path(str(shard)), recipe))
+                            adopted.append(_accepted(Path(str(shard)), *pickle.loads(payload)))
                             checkpoint("shard-written")
                         else:
                             features, records, skipped = pickle.loads(payload)
@@ -215,11 +217,28 @@ def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOption
     )
 
 
-def _verified(path: Path, recipe: schema.Recipe) -> Shard:
+class ShardFacts(NamedTuple):
+    """What a worker says of the shard it wrote: bytes, BLAKE2b digest, id and rows."""
+
+    size: int
+    digest: str
+    shard_id: str
+    rows: int
+
+
+def _accepted(path: Path, facts: ShardFacts, records: list[FileRecord], skipped: list[SkippedFile]) -> Shard:
+    """A worker's shard as the index will list it, checked in O(1): it is there at its size and is
+    the file the worker wrote (its id and row count). The worker computed the digest and every
+    row's checksum as it wrote; every later read checks those, and ``verify`` the digest."""
     try:
-        return open_shard(path, recipe, read_features=True)
-    except ValueError as error:
+        if path.stat().st_size != facts.size:
+            raise ValueError(f"{path.stat().st_size} bytes, the worker wrote {facts.size}")
+        with h5py.File(path, "r") as f:
+            if integrity.stored_id(f) != facts.shard_id or len(f[schema.FEATURES]) != facts.rows:
+                raise ValueError("not the file the worker wrote")
+    except (OSError, KeyError, ValueError) as error:
         raise PipelineError(f"{path}: a worker's shard failed its check ({error}); run again to redo it") from None
+    return Shard(path, facts.size, facts.digest, records, skipped, facts.shard_id)
 
 
 @contextlib.contextmanager
