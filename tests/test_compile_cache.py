@@ -55,3 +55,10 @@ def test_off_keeps_nothing_and_another_folder_is_used_as_named(tmp_path, monkeyp
     assert cache_folder("2.21.0").name.startswith("tf-2.21.0-")
     monkeypatch.setenv(SETTING, "OFF")
     assert cache_folder("2.21.0") is None
+
+
+def test_the_keras_heads_module_and_the_cache_setting_import_no_keras():
+    probe = "import sys, classifiers.keras_head, classifiers.compile_cache; print(sorted({'keras', 'tensorflow'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.stdout.strip() == "[]", run.stderr[-2000:]
