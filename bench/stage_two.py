@@ -10,7 +10,14 @@ each goal is a ratio or figure from this one run, printed beside its target:
   20 epochs; synthetic float16 codes, see ``bench.throughput.synthetic_cache``), against the
   plain Keras route on the same arrays as a whole process: h5py, ``Sequential([Flatten,
   Dense(256), Dropout(0.5), Dense])``, ``fit(epochs=20, batch_size=20)``;
-- a 10-value ``--set`` sweep against one run of the same head.
+- a 10-value ``--set`` sweep against one run of the same head;
+- ``python -c 'import sklearn.linear_model'``: the floor under any logreg run, which the
+  goals table subtracts to give the product's own share of a logreg run.
+
+The Keras heads keep their compiled XLA programs on disk (``classifiers.compile_cache``); the
+bench points that cache at ``OUT/xla-cache`` and empties it first, so the first dense run
+compiles (the max) and the later ones load (the median with 3 repeats), as a user's first and
+later runs do.
 
     python -m bench.stage_two --repeats 3 --out bench-out
 """
@@ -20,19 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from bench.throughput import run_process, synthetic_cache
+from classifiers import compile_cache
 
 SEED_SPLITS = {"train": 600, "val": 150}
 SWEEP = "C=" + ",".join(f"{c:g}" for c in (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300))
-# (goal, target, how the figure is made); "max" targets are upper bounds.
+# (goal, target); every target is an upper bound, met by the wall figure.
 GOALS = (
-    ("logreg run, process wall s", 1.5),
-    ("dense run / plain Keras route, process wall", 0.5),
+    ("logreg run, process s", 1.5),
+    ("dense run / plain Keras route", 0.5),
     ("10-value logreg sweep / one logreg run", 3.0),
 )
 
@@ -92,6 +101,9 @@ def measure(out: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, 
     digits = demo_cache(out)
     seed = synthetic_cache(out / "seed-750.h5", n=sum(SEED_SPLITS.values()), splits=SEED_SPLITS)
     runs = out / "stage-two-runs"
+    xla = out / "xla-cache"
+    shutil.rmtree(xla, ignore_errors=True)
+    os.environ[compile_cache.SETTING] = str(xla)
     rows = {
         LOGREG: train_argv(digits, runs, "logreg"),
         SWEEP_ROW: train_argv(digits, runs, "logreg", SWEEP),
@@ -110,10 +122,20 @@ def measure(out: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, 
     return walls, cpus
 
 
-def goals(walls: dict[str, list[float]]) -> list[tuple[str, float, float]]:
-    median = {name: statistics.median(values) for name, values in walls.items()}
-    figures = (median[LOGREG], median[DENSE] / median[PLAIN], median[SWEEP_ROW] / median[LOGREG])
-    return [(goal, figure, target) for (goal, target), figure in zip(GOALS, figures)]
+def figures(seconds: dict[str, list[float]]) -> tuple[float, float, float]:
+    """Each goal's figure from the medians of ``seconds`` (walls or CPU seconds), in ``GOALS``' order."""
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    return median[LOGREG], median[DENSE] / median[PLAIN], median[SWEEP_ROW] / median[LOGREG]
+
+
+def goals(walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> list[tuple[str, float, float, float]]:
+    """(goal, wall figure, CPU figure, target) for each goal."""
+    return [(goal, wall, cpu, target) for (goal, target), wall, cpu in zip(GOALS, figures(walls), figures(cpus))]
+
+
+def above_floor(seconds: dict[str, list[float]]) -> float:
+    """What a logreg run costs beyond importing scikit-learn's logistic regression: the product's own share."""
+    return statistics.median(seconds[LOGREG]) - statistics.median(seconds[FLOOR])
 
 
 def report(walls: dict[str, list[float]], cpus: dict[str, list[float]], machine: str) -> dict:
@@ -128,12 +150,13 @@ def report(walls: dict[str, list[float]], cpus: dict[str, list[float]], machine:
         table.add_row(name, f"{min(values):.2f}", f"{statistics.median(values):.2f}", f"{max(values):.2f}",
                       f"{statistics.median(cpus[name]):.2f}")
     console.print(table)
-    results = goals(walls)
+    results = goals(walls, cpus)
     table = Table(title="goals (medians of this run)", show_edge=False)
-    for column in ("goal", "figure", "target", "met"):
+    for column in ("goal", "wall figure", "CPU figure", "target", "met (wall)"):
         table.add_column(column, justify="left" if column == "goal" else "right")
-    for goal, figure, target in results:
-        table.add_row(goal, f"{figure:.2f}", f"<= {target:g}", "yes" if figure <= target else "NO")
+    for goal, wall, cpu, target in results:
+        table.add_row(goal, f"{wall:.2f}", f"{cpu:.2f}", f"<= {target:g}", "yes" if wall <= target else "NO")
+    table.add_row("logreg run above the floor, s", f"{above_floor(walls):.2f}", f"{above_floor(cpus):.2f}", "", "")
     console.print(table)
     print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           "CPU seconds (user + system of each process) are what other work on the machine inflates least")
@@ -142,7 +165,11 @@ def report(walls: dict[str, list[float]], cpus: dict[str, list[float]], machine:
         "load_average": os.getloadavg(),
         "walls": walls,
         "cpu_seconds": cpus,
-        "goals": [{"goal": goal, "figure": figure, "target": target, "met": figure <= target} for goal, figure, target in results],
+        "goals": [
+            {"goal": goal, "figure": wall, "cpu_figure": cpu, "target": target, "met": wall <= target}
+            for goal, wall, cpu, target in results
+        ],
+        "logreg_above_floor": {"wall": above_floor(walls), "cpu_seconds": above_floor(cpus)},
     }
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource
+from classifiers.compile_cache import use_compile_cache
 from classifiers.errors import SettingError
 from classifiers.sk_compat import Interval, StrOptions
 
@@ -201,6 +202,7 @@ class KerasHead(Head):
     def _train(self, x, columns, val, stats: tuple[np.ndarray, np.ndarray] | None, streamed: bool = False) -> None:
         import keras
 
+        use_compile_cache()
         seed_everything(self.seed)
         mean, variance = stats if stats is not None else (None, None)
         model = self.build(len(self.classes_), mean, variance)
@@ -256,6 +258,7 @@ class KerasHead(Head):
     def load(cls, folder: Path) -> KerasHead:
         import keras
 
+        use_compile_cache()
         head = cls._load_meta(folder)
         head.model_ = keras.saving.load_model(folder / cls.model_file)
         return head
