@@ -19,8 +19,8 @@ Three parts, each printed beside what it is meant to reach:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
