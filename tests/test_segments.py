@@ -187,3 +187,29 @@ def test_a_reader_keeps_its_rows_while_a_commit_replaces_segments(tmp_path, monk
         assert not any(p.exists() for p in reader.segment_files)  # collected
         np.testing.assert_array_equal(reader.features(), expected)
         assert list(reader.splits) == [""] * 80
+
+
+def test_the_driver_accepts_a_workers_shard_by_its_facts_and_refuses_another_file(tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.extraction.ray_engine import ShardFacts, _accepted
+
+    cache = tmp_path / "index.h5"
+    schema.shards_dir(cache).mkdir()
+    records = [FileRecord(f"c/{i}.jpg", f"{i:032x}", FileStamp(1, 1, 1, 1)) for i in range(4)]
+    written = []
+    for seed in (0, 1):
+        path = new_shard_path(cache)
+        shard_id = write_shard(path, RECIPE, np.random.default_rng(seed).random((4, 1, 1, 8)).astype(np.float16), records, [])
+        written.append((path, ShardFacts(path.stat().st_size, file_digest(path), shard_id, 4)))
+    (first, facts), (second, other) = written
+    shard = _accepted(first, facts, records, [])
+    assert (shard.size, shard.digest, shard.shard_id, shard.records) == (facts.size, file_digest(first), facts.shard_id, records)
+    shutil.copyfile(second, first)  # another shard of the same size in its place
+    with pytest.raises(PipelineError, match="a worker's shard failed its check .*not the file the worker wrote"):
+        _accepted(first, facts, records, [])
+    first.write_bytes(first.read_bytes()[:100])  # cut short
+    with pytest.raises(PipelineError, match="bytes, the worker wrote"):
+        _accepted(first, facts, records, [])
+    first.unlink()
+    with pytest.raises(PipelineError, match="failed its check"):
+        _accepted(first, facts, records, [])
