@@ -297,3 +297,21 @@ def test_audit_refuses_bad_settings(planted, capsys):
     assert "no such cache" in capsys.readouterr().err
     result = run_audit(cache, folds=4, ranking="margin")
     assert np.all(np.diff(result.margin[result.order]) >= 0)
+
+
+def test_large_classes_fold_in_bundles_that_keep_copies_whole():
+    """Images without copies are bundled within their class (few groups for the grouped splitter to place);
+    copies keep their group, and small classes keep every image on its own."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.integers(0, 4, 4000), np.full(30, 4)])
+    groups = np.arange(len(y))
+    groups[1:4] = 0  # a photo with three copies
+    bundled = labels.bundled_groups(y, groups, 5, seed=0)
+    assert len(set(bundled[:4])) == 1 and len(np.unique(bundled)) < 500
+    assert len(np.unique(bundled[y == 4])) == 30  # 30 images: fewer than 5 folds x 20 bundles
+    assert all(len(np.unique(y[bundled == b])) == 1 for b in np.unique(bundled[4:]))  # a bundle holds one class
+    for _, held_out in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(y, y, bundled):
+        share = np.bincount(y[held_out], minlength=5) / np.bincount(y, minlength=5)
+        np.testing.assert_allclose(share, 0.2, atol=0.03)
