@@ -40,7 +40,9 @@ BUNDLES_PER_FOLD = 20
 
 class LogCodes:
     """log(1 + x / m), m the mean code value of the rows it was fitted on: damps the few channels with
-    large activations while staying linear for small ones, in units of the data's own scale."""
+    large activations while staying linear for small ones, in units of the data's own scale. A plain
+    class with no settings (scikit-learn's ``clone`` needs only ``get_params``), so that importing this
+    module does not import scikit-learn."""
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogCodes:
         mean = float(np.mean(X))
@@ -115,7 +117,7 @@ def bundled_groups(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> 
     bench): images alone in their group are bundled, within their class and in random order, into pieces
     of at most 1/``BUNDLES_PER_FOLD`` of a fold's share of the class. A bundle holds only images without
     copies, so no copy leaves its twin, and each class still spreads over the folds to within a bundle.
-    Classes of fewer than folds * ``BUNDLES_PER_FOLD`` images keep their groups, and so their folds."""
+    Classes of at most folds * ``BUNDLES_PER_FOLD`` images keep their groups, and so their folds."""
     _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     bundled = inverse.copy()
     alone = sizes[inverse] == 1
