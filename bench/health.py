@@ -219,7 +219,8 @@ def against_targets(planted: dict, clean: dict) -> list[str]:
 
 
 def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
-    """Seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs them (no pixels)."""
+    """Wall and CPU seconds of each section on ``n`` synthetic pooled codes (clustered by class), as audit runs
+    them (no pixels). CPU seconds are this process's, BLAS threads included: on a shared machine they move less than wall."""
     from pipeline.health import duplicates, labels, outliers
     from pipeline.health.embeddings import unit_rows
 
@@ -228,18 +229,20 @@ def time_synthetic(n: int, classes: int = 10, channels: int = 512) -> None:
     X = np.maximum(rng.normal(0, 1, (classes, channels))[y] + rng.normal(0, 1.5, (n, channels)), 0).astype(np.float32)
     hashes = [f"{i:032x}" for i in range(n)]
     timings = {}
-    started = time.perf_counter()
+    clock = (time.perf_counter(), time.process_time())
     pairs = duplicates.near_duplicates(unit_rows(X), hashes, None)
-    timings["near-duplicates (candidates)"] = time.perf_counter() - started
-    started = time.perf_counter()
+    timings["near-duplicates (candidates)"], clock = _since(clock), (time.perf_counter(), time.process_time())
     groups = duplicates.fold_groups(hashes, duplicates.groups(pairs, n))
     outliers.class_relative_z(outliers.class_knn_distance(outliers.raw_unit_rows(X), y, groups=groups), y)
-    timings["outliers"] = time.perf_counter() - started
-    started = time.perf_counter()
+    timings["outliers"], clock = _since(clock), (time.perf_counter(), time.process_time())
     probabilities = labels.out_of_fold_probabilities(X, y, labels.unit_row_estimator(), 5, 0, groups)
     labels.lowest_flagged(probabilities, y, labels.ranking_scores(probabilities, y, "self_confidence"))
-    timings["label issues (5-fold logreg)"] = time.perf_counter() - started
-    print(f"{n} synthetic codes: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
+    timings["label issues (5-fold logreg)"] = _since(clock)
+    print(f"{n} synthetic codes: " + ", ".join(f"{name} {wall:.1f} s (CPU {cpu:.1f} s)" for name, (wall, cpu) in timings.items()))
+
+
+def _since(clock: tuple[float, float]) -> tuple[float, float]:
+    return time.perf_counter() - clock[0], time.process_time() - clock[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,20 +207,60 @@ def test_the_joint_counts_the_errors_and_the_ranking_picks_them():
     assert labels.lowest_flagged(probabilities, given, scores).tolist() == [False, False, False, False, True, False]
 
 
-def test_the_audit_logreg_judges_directions_not_lengths():
-    """Rows scaled by any factor get the same out-of-fold probabilities; a pooling setting is refused."""
+def test_an_image_confidently_in_no_class_counts_when_its_own_class_rates_it_below_outsiders():
+    """Off the diagonal, or p[given] below the mean p its class gets on the other classes' images."""
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.0, 0.3, 0.7],
+                              [0.02, 0.5, 0.48]])
+    given = np.array([0, 0, 1, 1, 2, 2, 0])  # row 6: labelled 0, passes no class's threshold
+    assert labels.confident_labels(probabilities, given)[6] == -1
+    np.testing.assert_allclose(labels.non_member_means(probabilities, given), [0.1, 1.1 / 5, 0.78 / 5])
+    assert labels.label_issues(probabilities, given).tolist() == [False] * 6 + [True]  # 0.02 < 0.1
+    probabilities[6] = [0.12, 0.5, 0.38]  # above what class 0 gets on outsiders: not counted
+    assert not labels.label_issues(probabilities, given).any()
+    assert labels.non_member_means(probabilities[:2], given[:2])[0] == -np.inf  # every image in class 0: nothing to compare
+
+
+def test_the_audit_logreg_is_in_units_of_the_datas_own_scale():
+    """All codes scaled by one factor get the same out-of-fold probabilities; a pooling setting is refused."""
     rng = np.random.default_rng(0)
     X = np.abs(np.concatenate([rng.normal(m, 1.0, (30, 16)) for m in (0.0, 2.0, 4.0)])).astype(np.float32)
     y = np.repeat(np.arange(3), 30)
     estimator = head_estimator("logreg", {})
     plain = labels.out_of_fold_probabilities(X, y, estimator, 3, 0)
-    scaled = labels.out_of_fold_probabilities(X * rng.uniform(0.1, 10.0, (90, 1)).astype(np.float32), y, estimator, 3, 0)
+    scaled = labels.out_of_fold_probabilities(X * np.float32(7.0), y, estimator, 3, 0)
     np.testing.assert_allclose(plain, scaled, atol=0.02)  # to the solver's tolerance
-    assert head_estimator("logreg", {"C": 0.5}).get_params()["logreg__logisticregression__C"] == 0.5
+    assert head_estimator("logreg", {"C": 0.5}).get_params()["votingclassifier__logreg__C"] == 0.5
     tiny = np.r_[0:4, 30:34, 60:64]  # 6 training images a fold: fewer than the neighbours a large set gets
     assert labels.out_of_fold_probabilities(X[tiny], y[tiny], head_estimator("logreg", {}, len(tiny)), 2, 0).shape == (12, 3)
     with pytest.raises(PipelineError, match="--set pooling"):
         head_estimator("logreg", {"pooling": "max"})
+
+
+def test_log_codes_keep_a_few_large_channels_from_deciding():
+    """Two classes told apart by 30 ordinary channels, and 2 channels 50x larger that say nothing about the
+    class (as a few channels of post-ReLU codes are): the log codes classify far better than raw ones."""
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 60)
+    ordinary = np.abs(rng.normal(1.0 + 0.4 * y[:, None], 0.5, (120, 30)))
+    loud = 50.0 * rng.lognormal(0.0, 0.3, (120, 2))
+    X = np.concatenate([loud, ordinary], axis=1).astype(np.float32)
+    estimator = labels.unit_row_estimator()
+    raw = Pipeline(estimator.steps[1:])  # the same views without the log
+    accuracy = {
+        name: float(np.mean(labels.out_of_fold_probabilities(X, y, model, 5, 0).argmax(axis=1) == y))
+        for name, model in (("log", estimator), ("raw", raw))
+    }
+    assert accuracy["log"] > 0.8 and accuracy["log"] > accuracy["raw"] + 0.15, accuracy
+
+
+def test_the_neighbour_weights_are_inverse_cosine_distances():
+    """Euclidean distances d between unit rows become 1 / (1 - cosine); an exact match outweighs everything."""
+    a, b = np.array([1.0, 0.0]), np.array([0.6, 0.8])  # cosine 0.6
+    distance = np.linalg.norm(a - b)
+    np.testing.assert_allclose(labels.inverse_cosine_distance(np.array([[distance, 2.0]])), [[1 / 0.4, 1 / 2.0]])
+    assert labels.inverse_cosine_distance(np.array([[0.0, 0.5], [0.5, 1.0]])).tolist() == [[1.0, 0.0], [8.0, 2.0]]
 
 
 def test_one_line_for_every_class_too_small_to_measure():
@@ -257,3 +297,21 @@ def test_audit_refuses_bad_settings(planted, capsys):
     assert "no such cache" in capsys.readouterr().err
     result = run_audit(cache, folds=4, ranking="margin")
     assert np.all(np.diff(result.margin[result.order]) >= 0)
+
+
+def test_large_classes_fold_in_bundles_that_keep_copies_whole():
+    """Images without copies are bundled within their class (few groups for the grouped splitter to place);
+    copies keep their group, and small classes keep every image on its own."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.integers(0, 4, 4000), np.full(30, 4)])
+    groups = np.arange(len(y))
+    groups[1:4] = 0  # a photo with three copies
+    bundled = labels.bundled_groups(y, groups, 5, seed=0)
+    assert len(set(bundled[:4])) == 1 and len(np.unique(bundled)) < 500
+    assert len(np.unique(bundled[y == 4])) == 30  # 30 images: fewer than 5 folds x 20 bundles
+    assert all(len(np.unique(y[bundled == b])) == 1 for b in np.unique(bundled[4:]))  # a bundle holds one class
+    for _, held_out in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(y, y, bundled):
+        share = np.bincount(y[held_out], minlength=5) / np.bincount(y, minlength=5)
+        np.testing.assert_allclose(share, 0.2, atol=0.03)
