@@ -9,10 +9,14 @@ survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
+
+import h5py
+import numpy as np
 
 from features_cache.faults import checkpoint
 
@@ -69,3 +73,29 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+STRING = h5py.string_dtype("utf-8")
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike, kind: str = "shard", in_memory: bool = True) -> Iterator[h5py.File]:
+    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced.
+
+    Small files (shards, the index) are built in memory and written with one plain
+    ``write``: a full disk is then one clean ``OSError``, never HDF5 failing mid-flush.
+    """
+    with replacing(path, kind=kind) as tmp:
+        if in_memory:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                yield f
+            with open(tmp, "wb") as handle:
+                handle.write(image.getbuffer())
+        else:
+            with h5py.File(tmp, "w") as f:
+                yield f
+
+
+def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING)

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from features_cache import schema
+from features_cache.atomic import atomic_h5, write_strings
 from features_cache.records import UNKNOWN, FileRecord, FileStamp
 
 SEGMENT_ROWS = 65_536  # rows of a full segment: what one changed row can make a commit rewrite
@@ -115,8 +116,6 @@ def column_dtypes(width: int) -> dict[str, np.dtype]:
 
 def write_segment(path: Path, columns: Columns, class_names: Sequence[str], width: int) -> SegmentRef:
     """Write one segment atomically (built in memory, one write, fsync, rename) and return how the index lists it."""
-    from features_cache.writer import atomic_h5, write_strings
-
     segment_id, digest = uuid.uuid4().hex, columns.digest(class_names)
     data = {
         schema.PATHS: _fixed(columns.paths, width), schema.CONTENT_HASH: _fixed(columns.content_hashes, HASH_WIDTH),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import io
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -20,13 +19,12 @@ import h5py
 import numpy as np
 
 from features_cache import integrity, schema, segments
-from features_cache.atomic import replacing, temporary_path
+from features_cache.atomic import atomic_h5, temporary_path, write_strings
 from features_cache.records import FileRecord, FileStamp, SkippedFile
 
 if TYPE_CHECKING:
     from features_cache.reader import FeatureCache
 
-STRING = h5py.string_dtype("utf-8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,29 +43,6 @@ class Row:
     label: int
     split: str
     source: FeatureSource
-
-
-@contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike, kind: str = "shard", in_memory: bool = True) -> Iterator[h5py.File]:
-    """Yield an HDF5 file that appears at ``path`` only once it was closed and synced.
-
-    Small files (shards, the index) are built in memory and written with one plain
-    ``write``: a full disk is then one clean ``OSError``, never HDF5 failing mid-flush.
-    """
-    with replacing(path, kind=kind) as tmp:
-        if in_memory:
-            image = io.BytesIO()
-            with h5py.File(image, "w") as f:
-                yield f
-            with open(tmp, "wb") as handle:
-                handle.write(image.getbuffer())
-        else:
-            with h5py.File(tmp, "w") as f:
-                yield f
-
-
-def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
-    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING)
 
 
 def write_stamps(group: h5py.Group, stamps: Sequence[FileStamp]) -> None:
