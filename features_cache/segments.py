@@ -26,7 +26,7 @@ import numpy as np
 
 from features_cache import schema
 from features_cache.atomic import atomic_h5, write_strings
-from features_cache.records import UNKNOWN, FileRecord, FileStamp
+from features_cache.records import UNKNOWN
 
 SEGMENT_ROWS = 65_536  # rows of a full segment: what one changed row can make a commit rewrite
 SEGMENT_ID = "segment_id"
@@ -83,9 +83,6 @@ class Columns:
     def digest(self, class_names: Sequence[str]) -> str:
         return schema.rows_digest(self.paths, self.content_hashes, self.labels, self.splits, list(class_names),
                                   self.row_shard, self.row_index, self.shard_names)
-
-    def records(self) -> list[FileRecord]:
-        return [FileRecord(p, h, FileStamp(*map(int, s))) for p, h, s in zip(self.paths, self.content_hashes, self.stamps)]
 
 
 def columns_of(rows: Sequence, shard_names: Sequence[str]) -> Columns:

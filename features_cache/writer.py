@@ -107,11 +107,16 @@ def _contiguous_runs(rows: Sequence[Row]) -> Iterator[tuple[int, int, str, int]]
 
 
 def _common(f: h5py.File, recipe: schema.Recipe, class_names: Sequence[str], rows: Sequence[Row], skipped: Sequence[SkippedFile], attrs: dict[str, object]) -> None:
-    """Everything but the features, shared by the index and a standalone file."""
+    """Everything but the features of a standalone file: the per-row datasets and what the index has too."""
     f.create_dataset(schema.LABELS, data=np.array([r.label for r in rows], dtype=np.int32))
-    write_strings(f, schema.CLASS_NAMES, class_names)
     write_strings(f, schema.SPLIT, [r.split for r in rows])
     write_records(f, [r.record for r in rows])
+    _header(f, recipe, class_names, skipped, attrs)
+
+
+def _header(f: h5py.File, recipe: schema.Recipe, class_names: Sequence[str], skipped: Sequence[SkippedFile], attrs: dict[str, object]) -> None:
+    """What an index and a standalone file both hold besides rows: class names, skips, the recipe and attributes."""
+    write_strings(f, schema.CLASS_NAMES, class_names)
     write_skipped(f, skipped)
     f.attrs.update(recipe.to_attrs())
     f.attrs["identity"] = recipe.fingerprint()
@@ -165,12 +170,7 @@ def write_index(
         write_virtual(f, schema.FEATURES, layout)
         for column, dtype in segments.column_dtypes(width).items():
             f.create_virtual_dataset(column, _segment_layout(segment_table, column, dtype), fillvalue=segments.VIRTUAL_COLUMNS[column])
-        write_strings(f, schema.CLASS_NAMES, class_names)
-        write_skipped(f, skipped)
-        f.attrs.update(recipe.to_attrs())
-        f.attrs["identity"] = recipe.fingerprint()
-        f.attrs["written_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        f.attrs.update(attrs)
+        _header(f, recipe, class_names, skipped, attrs)
         _write_table(f.create_group(schema.SHARDS), shards)
         table = f.create_group(schema.SEGMENTS)
         write_strings(table, schema.SHARD_FILES, [s[0] for s in segment_table])
