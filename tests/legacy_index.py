@@ -13,8 +13,9 @@ import h5py
 import numpy as np
 
 from features_cache import schema
+from features_cache.atomic import STRING, write_strings
 from features_cache.reader import FeatureCache
-from features_cache.writer import STRING, virtual_layout, write_records, write_skipped, write_strings, write_virtual
+from features_cache.writer import virtual_layout, write_records, write_skipped, write_virtual
 
 
 def rewrite_as_version_2(index: Path) -> None:
