@@ -6,8 +6,9 @@ Classes are small tiles (an eighth of the shorter side) of twelve sample photos 
 brick, gravel, grass, the moon, cells, coins, a retina, a stained tissue section, the Hubble deep
 field, a cat, coffee, the cameraman), 20 a class, split 10 / 2 / 8 a class for training, validation
 and test: little to learn from and many look-alikes (a patch of fur, of sky, of a coat), where the
-bottleneck head is well below perfect. One ``extract --layer block4_pool --views flip,crop1`` makes
-the cache and its two views; then, per seed, on the same remembered split: ``train --head dense``
+bottleneck head is well below perfect. One ``extract --layer block4_pool --views flip,crop1
+--views-of train`` makes the cache and the two views of its training images (the split is decided
+and remembered there); then, per seed, on that split: ``train --head dense``
 (without and with the views), ``train --head finetune`` (without and with the views), and the same
 fine-tuning from images in plain Keras: VGG16 frozen to block4, block5 and the same head
 (Normalization fitted on the training images' block5 output, Flatten, Dense(256), Dropout(0.5),
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +75,8 @@ def extract(data: Path, cache: Path, weights: str, size: int) -> dict:
     from pipeline.cli import main
 
     code = main(["extract", str(data), "--cache", str(cache), "--weights", weights, "--image-size", str(size),
-                 "--precision", "float32", "--layer", "block4_pool", "--views", ",".join(VIEWS)])
+                 "--precision", "float32", "--layer", "block4_pool", "--views", ",".join(VIEWS),
+                 "--views-of", "train", "--split", ",".join(map(str, FRACTIONS))])
     assert code == 0
     return {}
 
@@ -168,7 +171,7 @@ def ratios(report: dict) -> dict:
 def print_table(report: dict) -> None:
     counts, extracted = report["counts"], report["extract"]
     print(f"{sum(counts.values())} photos in {len(CLASSES)} classes at {report['size']} px ({counts}); "
-          f"extract (original + {len(VIEWS)} views, block4_pool): {extracted['seconds']:.0f} s wall, "
+          f"extract (original + {len(VIEWS)} views of the training images, block4_pool): {extracted['seconds']:.0f} s wall, "
           f"{extracted['cpu_seconds']:.0f} s CPU, load {extracted['load']}")
     print("| route | test accuracy, mean (min-max) over seeds | wall s a run, median (per seed) | CPU s a run, median |")
     print("|---|---|---|---|")
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args(argv)
     out = Path(args.out) / "finetune"
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # a cache left by an earlier run would make the extraction a no-op
+    out.mkdir(parents=True)
     data = build_photos(out / "photos")
     cache = out / "photos.h5"
     extracted = timed(extract, data, cache, args.weights, args.size)

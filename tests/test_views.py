@@ -109,6 +109,36 @@ def test_views_are_incremental_and_a_stale_view_is_refused(photos, tmp_path, wei
     assert "trains without views" in capsys.readouterr().err
 
 
+def test_views_of_train_cover_exactly_the_images_train_reads(photos, tmp_path, weights_file, capsys):
+    cache_path, runs = tmp_path / "pets.h5", tmp_path / "runs"
+    views_of_train = ("--views", "flip", "--views-of", "train", "--split", "0.6,0.2,0.2")
+    assert main(extract_args(photos, cache_path, weights_file, *views_of_train)) == 0
+    out = capsys.readouterr().out
+    with FeatureCache(cache_path) as cache, FeatureCache(view_cache(cache_path, "flip")) as flip:
+        train = plan_cache_splits(cache, (0.6, 0.2, 0.2), remember=False).rows("train")
+        assert sorted(flip.paths) == sorted(cache.paths[r] for r in train) and len(train) < len(cache)
+        assert f"views of the {len(train)} training images of 20" in out
+    assert [int(line.split("(")[1].split(" extracted")[0]) for line in out.splitlines() if " extracted," in line] == [20, len(train)]
+    train_args = ["train", str(cache_path), "--head", "dense", "--set", "epochs=1", "--set", "units=8", "--views", "flip",
+                  "--split", "0.6,0.2,0.2", "--runs-dir", str(runs)]
+    assert main(train_args) == 0  # the split extract decided is the one train reads: every training image has its view
+    capsys.readouterr()
+    for seed in (911, 912, 913, 914, 915):  # new images join the split they are given and, in train, get views
+        save(photo(40, 30, seed=seed), photos / "cat" / f"new-{seed}.png")
+    assert main(extract_args(photos, cache_path, weights_file, *views_of_train)) == 0
+    capsys.readouterr()
+    with FeatureCache(cache_path) as cache, FeatureCache(view_cache(cache_path, "flip")) as flip:
+        train = plan_cache_splits(cache, (0.6, 0.2, 0.2), remember=False).rows("train")
+        assert sorted(flip.paths) == sorted(cache.paths[r] for r in train)
+    assert main(train_args) == 0
+    capsys.readouterr()
+    # another split's training images have no views yet: refused with the line that makes them
+    assert main([*train_args[:-2], "--split", "0.5,0.25,0.25", "--runs-dir", str(runs)]) == 2
+    assert "have no view flip" in capsys.readouterr().err
+    assert main(extract_args(photos, cache_path, weights_file, "--split", "0.6,0.2,0.2")) == 2
+    assert "--views-of train" in capsys.readouterr().err
+
+
 def test_a_view_run_killed_mid_write_resumes_to_the_same_view(photos, tmp_path, weights_file):
     cache_path = tmp_path / "pets.h5"
     environment = {**os.environ, "PIPELINE_KILL_AT": "shard-written:7"}  # 5 shards of the original, then 2 of the view

@@ -32,6 +32,15 @@ def register(subparsers) -> None:
         help="also cache augmented views of every image, once: flip, crop1..crop9 (seeded crops); "
         "each is a cache beside CACHE (CACHE.view-flip.h5) that `train --views` draws from",
     )
+    parser.add_argument(
+        "--views-of", default="all", choices=("all", "train"),
+        help="which images get views: all (default), or train: only those `train --split` trains on (the split is "
+        "decided and remembered now, as train does), since nothing else ever reads a view",
+    )
+    parser.add_argument(
+        "--split", default=None, metavar="TRAIN,VAL,TEST",
+        help="with --views-of train: the shares `train --split` will use (default 0.7,0.15,0.15)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -85,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     weights = "none" if args.weights.lower() in ("none", "random") else args.weights
     views = parse_views(args.views)
+    if args.views_of == "train" and not views:
+        raise PipelineError("--views-of train says which images get views; add --views, e.g. --views flip")
+    if args.split is not None and args.views_of != "train":
+        raise PipelineError("--split decides which images get views; add --views-of train (train itself takes --split)")
     if args.workers is not None and args.workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {args.workers}")
     options = ExtractOptions(
@@ -119,7 +132,19 @@ def run(args: argparse.Namespace) -> int:
 
         with FeatureCache(args.cache) as cache:  # the views are made exactly as the original, only their pixels differ
             options = dataclasses.replace(options, precision=cache.recipe.precision, force=False)
+            if args.views_of == "train":
+                options = dataclasses.replace(options, only=_training_paths(cache, args.split))
     for view in views:  # each view is a cache of its own, incremental and resumable like the original
         print(f"view {view}:", flush=True)
         print_extract_report(run_extract(dataclasses.replace(options, cache=str(view_cache(args.cache, view)), view=view)))
     return 0
+
+
+def _training_paths(cache, split: str | None) -> frozenset[str]:
+    from pipeline.training.splits import DEFAULT_FRACTIONS, parse_fractions
+    from pipeline.training.views import training_paths
+
+    fractions = DEFAULT_FRACTIONS if split is None else parse_fractions(split)
+    paths, notes = training_paths(cache, fractions)
+    print(f"views of the {len(paths)} training images of {len(cache)}; " + "; ".join(notes), flush=True)
+    return paths

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.errors import PipelineError
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -45,12 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.extraction.views import parse_views
     from pipeline.training.runs import ranked
     from pipeline.training.settings import parse_settings
+    from pipeline.training.splits import parse_fractions
     from pipeline.training.train import TrainOptions, run_train
 
-    try:
-        fractions = tuple(float(part) for part in args.split.split(","))
-    except ValueError:
-        raise PipelineError(f"--split {args.split}: not three numbers; use e.g. --split 0.7,0.15,0.15") from None
     options = TrainOptions(
         cache=args.cache,
         head=args.head.lower(),
@@ -58,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         runs_dir=args.runs_dir,
         seed=args.seed,
-        fractions=fractions,
+        fractions=parse_fractions(args.split),
         class_weight=args.class_weight,
         load=args.load,
         views=parse_views(args.views),

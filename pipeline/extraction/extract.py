@@ -69,6 +69,8 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
 
         check_ray_options(options)
     dataset = discover(options.data)
+    if options.only is not None:  # the plan then keeps, adds and drops rows against this subset alone
+        dataset = dataclasses.replace(dataset, entries=[entry for entry in dataset.entries if entry.path in options.only])
     max_pixels = DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels
     spec = ResizeSpec(options.image_size, options.resize, options.interpolation, max_pixels, options.view)
     request = request_fingerprint(options)

@@ -51,6 +51,7 @@ class ExtractOptions:
     shard_rows: int = schema.EXTRACT_SHARD_ROWS
     layer: str = schema.OUTPUT_LAYER
     view: str = ""  # this run makes the cache of one augmented view (pipeline.extraction.views)
+    only: frozenset[str] | None = None  # the data's paths to cache (a view of the training images); None: all
 
 
 def check_options(options: ExtractOptions) -> None:
@@ -129,7 +130,7 @@ def _weights_digest(options: ExtractOptions) -> str | None:
 
 
 _NOT_IN_REQUEST = (
-    "data", "cache", "workers", "decoder", "force", "prune", "keep_orphans", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
+    "data", "only", "cache", "workers", "decoder", "force", "prune", "keep_orphans", "batch_size", "engine", "address", "gpus_per_worker", "write_shards",
     "compression", "shard_rows",  # how shards store features, not what the features are
 )
 

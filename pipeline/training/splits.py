@@ -55,6 +55,15 @@ def path_unit(path: str, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """``--split 0.7,0.15,0.15`` as checked train, val and test shares."""
+    try:
+        fractions = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise PipelineError(f"--split {text}: not three numbers; use e.g. --split 0.7,0.15,0.15") from None
+    return check_fractions(fractions)
+
+
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if (
         len(fractions) != 3

@@ -16,6 +16,7 @@ import numpy as np
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
 from pipeline.extraction.views import view_cache
+from pipeline.training.splits import plan_cache_splits
 
 
 def load_views(
@@ -25,7 +26,10 @@ def load_views(
     parts = []
     for view in views:
         path = view_cache(cache.path, view)
-        again = f"run `pipeline extract DATA --cache {cache.path} --views {','.join(views)}` (with the original's options) again"
+        again = (
+            f"run `pipeline extract DATA --cache {cache.path} --views {','.join(views)}` (with the original's options; "
+            "add --views-of train and this --split for the training images only) again"
+        )
         if not path.exists():
             raise PipelineError(f"{path}: no cache of view {view!r} beside {cache.path}; {again}")
         with FeatureCache(path) as other:
@@ -43,3 +47,13 @@ def load_views(
             maps = other.features(found).astype(np.float32, copy=False)
         parts.append(maps if through is None else through(maps))
     return np.stack(parts, axis=1)
+
+
+def training_paths(cache: FeatureCache, fractions: Sequence[float]) -> tuple[frozenset[str], list[str]]:
+    """The paths of the images ``train --split fractions`` trains on, and how their split was decided.
+
+    The split is decided and remembered exactly as ``train`` does it, so ``extract --views-of train``
+    makes views for what training will read and nothing else, and the later ``train`` finds them.
+    """
+    plan = plan_cache_splits(cache, fractions)
+    return frozenset(cache.paths[row] for row in plan.rows("train")), plan.notes
