@@ -88,7 +88,7 @@ next:
   make train-head CACHE={args.cache}{runs} HEAD=logreg SET="C=0.1,1,10"   # three runs from features read once
   make report{runs}   # what the latest run gets wrong (errors.csv, report.html)
   make runs{runs}   # every run, best first
-  make extract DATA={args.data} CACHE={block4}{size} EXTRACT_FLAGS="--layer block4_pool --views flip"   # block4 maps and flipped views, once
+  make extract DATA={args.data} CACHE={block4}{size} EXTRACT_FLAGS="--layer block4_pool --views flip --views-of train"   # block4 maps, flipped training images, once
   make train-head CACHE={block4}{runs} HEAD=finetune TRAIN_FLAGS="--views flip"   # fine-tune VGG16's block5 on them
   {demo}   # all 1,797 digits; only the new ones are extracted"""
 
