@@ -123,7 +123,7 @@ def images_route(pixels: dict, weights: str, size: int, seed: int) -> dict:
     """The usual way: every epoch runs the frozen VGG16 blocks 1-4 over the (augmented) images."""
     import keras
 
-    from classifiers.keras_head import channel_stats
+    from classifiers.keras_head import channel_stats, floored
     from classifiers.keras_views import ViewBatches
     from pipeline.extraction.backbones import Preprocess
 
@@ -135,7 +135,7 @@ def images_route(pixels: dict, weights: str, size: int, seed: int) -> dict:
     maps = base(Preprocess("caffe")(inputs), training=False)
     extractor = keras.Model(inputs, maps)
     mean, variance = channel_stats([np.asarray(extractor.predict(X, batch_size=32, verbose=0))])
-    x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)(maps)
+    x = keras.layers.Normalization(axis=-1, mean=mean, variance=floored(variance))(maps)  # as the finetune head does
     x = keras.layers.Dense(256, activation="relu")(keras.layers.Flatten()(x))
     x = keras.layers.Dropout(0.5, seed=seed)(x)
     model = keras.Model(inputs, keras.layers.Dense(pixels["n_classes"], activation="softmax")(x))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from classifiers.errors import FeatureShapeError, SettingError
-from classifiers.keras_head import JIT_COMPILE, KerasHead, seed_everything, standardisation
+from classifiers.keras_head import JIT_COMPILE, KerasHead, floored, seed_everything, standardisation
 from classifiers.sk_compat import Interval, StrOptions
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ class FinetuneHead(KerasHead):
         inputs = keras.Input(shape=shape, name="top_maps")
         x = inputs
         if self.standardize:
-            mean, variance = standardisation(maps)
-            x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)(x)
+            mean, variance = standardisation(maps)  # of block5's output before fine-tuning moves it: floored
+            x = keras.layers.Normalization(axis=-1, mean=mean, variance=floored(variance) if self.top is not None else variance)(x)
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(self.units, activation="relu")(x)
         if self.dropout:
@@ -161,7 +161,7 @@ class FinetuneHead(KerasHead):
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
             jit_compile=jit.get(keras.backend.backend(), False),
         )
-        callbacks = []
+        callbacks = [keras.callbacks.TerminateOnNaN()]
         if self.early_stopping:
             callbacks.append(keras.callbacks.EarlyStopping(patience=self.early_stopping, restore_best_weights=True))
         if self.reduce_lr:
@@ -179,6 +179,13 @@ class FinetuneHead(KerasHead):
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(next(iter(fitted.history.values()), [])))
+        losses = fitted.history.get("loss", [])
+        if not np.all(np.isfinite(losses)):
+            rate = "finetune_learning_rate" if phase == "finetune" else "learning_rate"
+            raise SettingError(
+                f"{self.name}: the {phase} phase diverged (loss {losses[-1]:g} at its epoch {len(losses)}); "
+                f"lower its learning rate, e.g. --set {rate}={getattr(self, rate) / 10:g}"
+            )
 
 
 def _through(top, maps: np.ndarray) -> np.ndarray:

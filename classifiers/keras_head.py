@@ -44,6 +44,9 @@ STATS_ROWS = 1024
 VAL_BATCH = 1024
 # Relative variance below which a channel counts as constant in training (scaled by 1, not 1/std).
 CONSTANT_VARIANCE = 1e-10
+# Where inputs move in training, the least a channel's variance may be, relative to the median channel's:
+# at most a tenfold scale-up over a typical channel.
+MOVING_VARIANCE_FLOOR = 1e-2
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +91,17 @@ def channel_stats(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
 
 # The last read-only array standardised, and its statistics: see ``standardisation``.
 _LAST_STATS: dict[int, tuple[weakref.ref, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def floored(variance: np.ndarray, floor: float = MOVING_VARIANCE_FLOOR) -> np.ndarray:
+    """``variance`` with no channel below ``floor`` times the median channel's.
+
+    For inputs that move while the model trains (a fine-tuned block's output): a channel nearly
+    silent when the statistics were taken (real VGG16 block5 outputs hold channels at 1e-6 of the
+    median variance) would be scaled up a thousandfold once the block's weights move it, and SGD
+    then diverges to NaN in the first epoch. Frozen inputs keep their exact variances.
+    """
+    return np.maximum(variance, np.float32(floor) * np.median(variance)).astype(np.float32)
 
 
 def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

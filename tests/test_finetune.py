@@ -12,6 +12,7 @@ import pytest
 
 import pipeline.serving.export  # noqa: F401 - registers the exported model's custom layers
 from classifiers import FinetuneHead, load_head
+from classifiers.keras_head import floored
 from features_cache.reader import FeatureCache
 from pipeline.cli import main
 from pipeline.demo_data import write_digits
@@ -105,6 +106,21 @@ def test_finetune_trains_in_two_phases_and_moves_only_in_the_second(caches, tmp_
     np.testing.assert_allclose(load_head(tmp_path / "saved").predict_proba(X), proba, atol=1e-6)
     with pytest.raises(ValueError, match="takes maps of shape"):
         FinetuneHead(top=str(top_path), verbose=0).fit(X[:, :2, :2], y)
+
+
+def test_nearly_silent_channels_of_the_moving_block_are_not_scaled_up_a_thousandfold():
+    variance = np.array([1e-9, 1e-6, 4.0, 5.0, 6.0], dtype=np.float32)
+    np.testing.assert_allclose(floored(variance), [0.04, 0.04, 4.0, 5.0, 6.0])  # a hundredth of the median (4) at least
+    assert floored(variance).dtype == np.float32
+
+
+def test_a_diverging_phase_is_one_line_naming_the_setting_to_lower(caches, capsys):
+    code = main(["train", str(caches["block4"]), "--head", "finetune", *FINETUNE, "--set", "finetune_learning_rate=1e9",
+                 "--runs-dir", str(caches["runs"]), "--name", "diverged"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "the finetune phase diverged" in err and "--set finetune_learning_rate=1e+08" in err
+    assert not (caches["runs"] / "diverged").exists()
 
 
 def test_finetune_on_an_output_cache_is_refused_in_one_line(caches, capsys):
