@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from features_cache.schema import EXTRACT_SHARD_ROWS as SHARD_ROWS
 from features_cache.schema import EXTRACT_SHARD_SECONDS as SHARD_SECONDS
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from features_cache.reader import FeatureCache
 
 
 def register(subparsers) -> None:
@@ -140,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_paths(cache, split: str | None) -> frozenset[str]:
+def _training_paths(cache: FeatureCache, split: str | None) -> frozenset[str]:
+    """The training images' paths by the split ``train --split`` will use, decided and remembered now."""
     from pipeline.training.splits import DEFAULT_FRACTIONS, parse_fractions
     from pipeline.training.views import training_paths
 
