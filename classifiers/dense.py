@@ -29,7 +29,7 @@ class DenseHead(KerasHead):
         units: int = 256, dropout: float = 0.5,
         learning_rate: float = 2e-4, optimizer: str = "rmsprop", batch_size: int = 20, epochs: int = 20,
         early_stopping: int = 0, reduce_lr: int = 0, standardize: bool = True, validation_fraction: float = 0.1,
-        class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0,
+        class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0, jit_compile: bool | str = "auto",
     ) -> None:
         self._store(locals())
 

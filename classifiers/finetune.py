@@ -57,6 +57,7 @@ class FinetuneHead(KerasHead):
         finetune_learning_rate: float = 1e-4, momentum: float = 0.9, epochs: int = 10, batch_size: int = 20,
         views: str = "one", early_stopping: int = 0, reduce_lr: int = 0, standardize: bool = True,
         validation_fraction: float = 0.1, class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0,
+        jit_compile: bool | str = "auto",
     ) -> None:
         self._store(locals())
 
@@ -159,7 +160,7 @@ class FinetuneHead(KerasHead):
 
         model.compile(
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-            jit_compile=jit.get(keras.backend.backend(), False),
+            jit_compile=self._jit_compile(jit, otherwise=False),
         )
         callbacks = [keras.callbacks.TerminateOnNaN()]
         if self.early_stopping:

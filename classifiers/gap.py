@@ -21,7 +21,7 @@ class GapHead(KerasHead):
         dropout: float = 0.0,
         learning_rate: float = 1e-3, optimizer: str = "adam", batch_size: int = 32, epochs: int = 30,
         early_stopping: int = 0, reduce_lr: int = 0, standardize: bool = True, validation_fraction: float = 0.1,
-        class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0,
+        class_weight: dict | str | None = None, verbose: int | str = "auto", seed: int = 0, jit_compile: bool | str = "auto",
     ) -> None:
         self._store(locals())
 

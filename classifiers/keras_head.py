@@ -139,6 +139,7 @@ class KerasHead(Head):
         "class_weight": CLASS_WEIGHT_CONSTRAINT,
         "verbose": [StrOptions({"auto"}), Interval(Integral, 0, 2, closed="both")],
         "seed": [Interval(Integral, 0, None, closed="left")],
+        "jit_compile": [StrOptions({"auto"}), "boolean"],
     }
 
     def body(self, x):
@@ -225,7 +226,7 @@ class KerasHead(Head):
             optimizer=optimizer[self.optimizer](learning_rate=self.learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
-            jit_compile=JIT_COMPILE.get(keras.backend.backend(), "auto"),
+            jit_compile=self._jit_compile(JIT_COMPILE),
             steps_per_execution=STEPS_PER_EXECUTION,
         )
         callbacks = []
@@ -247,6 +248,19 @@ class KerasHead(Head):
         )
         self.model_ = model
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    def _jit_compile(self, automatic: dict[str, bool], otherwise: bool | str = "auto") -> bool | str:
+        """Keras's ``jit_compile`` for this head: under "auto", ``automatic``'s entry for the backend (``otherwise``
+        for backends it does not name); else the setting.
+
+        XLA pays for its compile (1-3 s a fit on 2 cores) over long runs; scikit-learn's model
+        selection fits many small models, where turning it off is several times faster.
+        """
+        import keras
+
+        if self.jit_compile == "auto":
+            return automatic.get(keras.backend.backend(), otherwise)
+        return bool(self.jit_compile)
 
     def _keras_verbose(self) -> int:
         """"auto": Keras's progress bar on a terminal, one line per epoch in a log."""

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 from image_factory import make_class_folders, photo, save
-from test_extract import assert_only_listed_files, assert_same_cache, cli_args, options, snapshot
+from test_extract import assert_only_listed_files, assert_same_cache, cli_args, copy_cache, options, snapshot
 
 from features_cache import integrity, schema
 from features_cache.compact import compact
@@ -44,11 +44,17 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(data, weights_file, tmp_path_factory) -> dict:
-    """What an uninterrupted run of the final data gives."""
+def built(data, weights_file, tmp_path_factory) -> Path:
+    """An uninterrupted run's cache of ``data``, alone in its folder: a test starts from a copy (``copy_cache``)."""
     cache = tmp_path_factory.mktemp("reference") / "features.h5"
     run_extract(options(data, cache, weights_file))
-    return snapshot(cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def reference(built) -> dict:
+    """What an uninterrupted run of the final data gives."""
+    return snapshot(built)
 
 
 def extract(data: Path, cache: Path, weights: Path, capsys) -> tuple[int, str]:
@@ -95,9 +101,8 @@ def grown(data: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("point", ["planned", "shard-before-rename", "shard-written", "index-before-rename", "committed", "collecting"])
-def test_sigkill_at_every_phase(point, data, reference, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    run_extract(options(data, cache, weights_file))
+def test_sigkill_at_every_phase(point, data, built, reference, weights_file, tmp_path, capsys):
+    cache = copy_cache(built, tmp_path)
     save(photo(50, 40, seed=77), data / "a" / "extra.png")  # the killed run has work to do
     (schema.shards_dir(cache) / "shard-junk.h5").write_text("junk")  # and garbage to collect
     try:
@@ -165,29 +170,42 @@ def _feature_offset(path: Path) -> int:
 HOW = ["delete", "directory", "truncate", "zero", "text", "flip-metadata", "flip-row-data"]
 
 
-@pytest.mark.parametrize("how", HOW)
-@pytest.mark.parametrize("which", ["index", "live shard", "unindexed shard"])
-def test_damaged_files_are_rebuilt_or_refused(which, how, data, reference, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    source = grown(data, tmp_path) if which == "unindexed shard" else data
+@pytest.fixture(scope="module")
+def half_indexed(data, weights_file, tmp_path_factory) -> tuple[Path, Path, str]:
+    """(images, cache, shard name): a run killed before indexing the batch it wrote for 3 added images."""
+    root = tmp_path_factory.mktemp("half-indexed")
+    source = grown(data, root)
+    cache = root / "cache" / "features.h5"
+    cache.parent.mkdir()
     run_extract(options(source, cache, weights_file))
     shards = sorted(schema.shards_dir(cache).glob("shard-*.h5"))
+    for name in ("a-img_000.jpg", "b-img_001.jpg", "b-img_002.jpg"):
+        shutil.copy(root / "held-back" / name, source / name.replace("-", "/", 1))
+    env = {**os.environ, "PIPELINE_KILL_AT": "index-before-rename"}
+    killed = subprocess.run([sys.executable, "-m", "pipeline", *args(source, cache, weights_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    unindexed = next(p for p in schema.shards_dir(cache).glob("shard-*.h5") if p not in shards)
+    return source, cache, unindexed.name
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("which", ["index", "live shard", "unindexed shard"])
+def test_damaged_files_are_rebuilt_or_refused(which, how, data, built, half_indexed, reference, weights_file, tmp_path, capsys):
     if which == "unindexed shard":  # a batch a killed run finished but never indexed
-        for name in ("a-img_000.jpg", "b-img_001.jpg", "b-img_002.jpg"):
-            shutil.copy(tmp_path / "held-back" / name, source / name.replace("-", "/", 1))
-        env = {**os.environ, "PIPELINE_KILL_AT": "index-before-rename"}
-        subprocess.run([sys.executable, "-m", "pipeline", *args(source, cache, weights_file)], cwd=REPO, env=env,
-                       capture_output=True, timeout=300, check=False)
-        target = next(p for p in schema.shards_dir(cache).glob("shard-*.h5") if p not in shards)
+        source, killed, name = half_indexed
+        cache = copy_cache(killed, tmp_path)
+        target = schema.shards_dir(cache) / name
     else:
+        source, cache = data, copy_cache(built, tmp_path)
+        shards = sorted(schema.shards_dir(cache).glob("shard-*.h5"))
         target = cache if which == "index" else shards[len(shards) // 2]
     damage(target, how)
     assert_recovers(source, cache, weights_file, reference, capsys)
 
 
-def test_flipped_feature_bits_are_caught_on_read_and_by_verify(data, reference, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    run_extract(options(data, cache, weights_file))
+def test_flipped_feature_bits_are_caught_on_read_and_by_verify(data, built, reference, weights_file, tmp_path, capsys):
+    cache = copy_cache(built, tmp_path)
     damage(sorted(schema.shards_dir(cache).glob("shard-*.h5"))[1], "flip-data")
     with pytest.raises(CacheError, match="damaged shard"):
         snapshot(cache)
@@ -228,10 +246,8 @@ def test_disk_full_is_one_line_and_the_same_command_finishes(free_kb, small_disk
     assert_same_cache(snapshot(cache), reference)
 
 
-def test_the_index_reads_with_hdf5_tools_and_relative_paths(data, weights_file, tmp_path):
-    cache = tmp_path / "here" / "features.h5"
-    cache.parent.mkdir()
-    run_extract(options(data, cache, weights_file))
+def test_the_index_reads_with_hdf5_tools_and_relative_paths(built, tmp_path):
+    cache = copy_cache(built, tmp_path / "here")
     if not (shutil.which("h5dump") and shutil.which("h5ls")):
         pytest.skip("hdf5-tools not installed (CI installs them)")
     for command in (["h5dump", "-H", str(cache)], ["h5ls", "-r", str(cache)]):
@@ -243,9 +259,8 @@ def test_the_index_reads_with_hdf5_tools_and_relative_paths(data, weights_file, 
         np.testing.assert_array_equal(f[schema.FEATURES][()], moved_cache.features())
 
 
-def test_compact_and_version_one_caches(data, reference, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    run_extract(options(data, cache, weights_file))
+def test_compact_and_version_one_caches(data, built, reference, weights_file, tmp_path, capsys):
+    cache = copy_cache(built, tmp_path)
     single = compact(cache, tmp_path / "shared.h5")
     assert_same_cache(snapshot(single), reference)
     compact(cache)
@@ -284,9 +299,8 @@ def _plain_read(index: Path) -> np.ndarray:
         return f[schema.FEATURES][()][sorted(range(len(paths)), key=paths.__getitem__)]
 
 
-def test_a_deleted_shard_reads_as_nan_in_hdf5_readers_and_is_an_error_in_the_product(data, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    run_extract(options(data, cache, weights_file))
+def test_a_deleted_shard_reads_as_nan_in_hdf5_readers_and_is_an_error_in_the_product(built, tmp_path, capsys):
+    cache = copy_cache(built, tmp_path)
     with FeatureCache(cache) as before:
         gone = before.shard_files[1]
         rows = [i for i, (file, _) in enumerate(before.sources()) if file == gone]
@@ -305,9 +319,8 @@ def test_a_deleted_shard_reads_as_nan_in_hdf5_readers_and_is_an_error_in_the_pro
     assert "missing or damaged" in capsys.readouterr().err
 
 
-def test_a_row_that_reads_as_nan_is_an_error_naming_the_shard_never_data(data, weights_file, tmp_path, capsys):
-    cache = tmp_path / "features.h5"
-    run_extract(options(data, cache, weights_file))
+def test_a_row_that_reads_as_nan_is_an_error_naming_the_shard_never_data(built, tmp_path, capsys):
+    cache = copy_cache(built, tmp_path)
     with FeatureCache(cache) as before:
         shard = before.shard_files[0]
     with h5py.File(shard, "r+") as f:  # a NaN written with its own checksum: only the NaN check can tell

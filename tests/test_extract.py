@@ -55,6 +55,16 @@ def snapshot(cache_path: Path) -> dict:
         }
 
 
+def copy_cache(built: Path, folder: Path) -> Path:
+    """A copy of the cache ``built`` (alone in its folder, with its shards folder) into ``folder``, under its own name.
+
+    The index records its shards relative to itself, so the copy is what extracting the same
+    images into ``folder`` gives, with none of the extraction's time.
+    """
+    shutil.copytree(built.parent, folder, dirs_exist_ok=True)
+    return folder / built.name
+
+
 def assert_only_listed_files(cache_path: Path) -> None:
     """The shards folder holds exactly the shards and segments the index lists: no temporaries, no garbage."""
     with FeatureCache(cache_path) as cache:

@@ -108,6 +108,7 @@ def test_wrong_feature_shape_is_refused(fitted):
         ("gap", {"optimizer": "lion"}, "The 'optimizer' parameter of GapHead must be a str among"),
         ("logreg", {"pooling": "sum"}, "The 'pooling' parameter of LogRegHead"),
         ("logreg", {"C": float("nan")}, "The 'C' parameter of LogRegHead must be a float in the range (0.0, inf). Got nan"),
+        ("gap", {"jit_compile": "yes"}, "The 'jit_compile' parameter of GapHead must be a str among {'auto'} or an instance"),
     ],
 )
 def test_bad_values_are_refused_with_one_line(name, bad, message):
@@ -149,3 +150,22 @@ def test_a_channel_constant_in_training_does_not_blow_up_at_test_time(name, digi
     clean = head.predict_proba(np.where(np.arange(X.shape[-1]) == 7, 0.0, X_test))
     X_test[..., 7] = 0.05  # small but non-zero at test time
     np.testing.assert_allclose(head.predict_proba(X_test), clean, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["dense", "finetune"])
+def test_xla_changes_how_fast_a_head_trains_not_what_it_learns(name, digits):
+    """``jit_compile=False`` (scikit-learn's model selection, tiny data) trains the same model as the default's XLA.
+
+    Dropout is off: XLA draws its masks from another random stream, so with dropout the two are equally good, not equal.
+    """
+    X, y = digits["train"]
+    settings = {**TEST_SETTINGS[name], "epochs": 2, "head_epochs": 2} if name == "finetune" else {**TEST_SETTINGS[name], "epochs": 2}
+    with_xla, without = (HEADS[name](**settings, dropout=0.0, jit_compile=jit).fit(X, y) for jit in ("auto", False))
+    np.testing.assert_allclose(without.predict_proba(digits["test"][0]), with_xla.predict_proba(digits["test"][0]), atol=1e-4)
+
+
+def test_jit_compile_is_set_from_the_command_line_as_true_or_false():
+    from pipeline.training.settings import coerce
+
+    assert coerce(HEADS["dense"], "jit_compile", "false") is False and coerce(HEADS["gap"], "jit_compile", "True") is True
+    assert coerce(HEADS["dense"], "jit_compile", "auto") == "auto"

@@ -23,11 +23,13 @@ from pipeline.training.train import class_labels
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 
 # Settings under which each head learns scikit-learn's small check datasets (blobs of 2-3 classes, 20-150 rows).
+# XLA off: the checks fit a few hundred tiny models, where compiling each costs several times its training;
+# the heads' default (XLA on with TensorFlow) is what test_heads.py and the CLI tests train with.
 CHECK_SETTINGS = {
-    "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0},
-    "gap": {"epochs": 30, "learning_rate": 5e-2, "verbose": 0},
+    "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0, "jit_compile": False},
+    "gap": {"epochs": 30, "learning_rate": 5e-2, "verbose": 0, "jit_compile": False},
     "logreg": {},
-    "finetune": {"head_epochs": 5, "epochs": 1, "units": 16, "learning_rate": 1e-2, "verbose": 0},
+    "finetune": {"head_epochs": 5, "epochs": 1, "units": 16, "learning_rate": 1e-2, "verbose": 0, "jit_compile": False},
 }
 
 
@@ -45,8 +47,8 @@ def features(digits_cache: Path) -> tuple[np.ndarray, np.ndarray]:
         return cache.features(rows), class_labels(cache, rows)
 
 
-FAST = {"dense": {"epochs": 4, "verbose": 0}, "gap": {"epochs": 6, "verbose": 0}, "logreg": {},
-        "finetune": {"head_epochs": 4, "epochs": 1, "verbose": 0}}
+FAST = {"dense": {"epochs": 4, "verbose": 0, "jit_compile": False}, "gap": {"epochs": 6, "verbose": 0, "jit_compile": False},
+        "logreg": {}, "finetune": {"head_epochs": 4, "epochs": 1, "verbose": 0, "jit_compile": False}}
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

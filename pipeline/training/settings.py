@@ -45,6 +45,8 @@ def coerce(head_cls: type[Head], name: str, text: str) -> Any:
             return float(text)
         if text.lower() == "none":
             return None
+        if text.lower() in ("true", "false"):  # a setting that is "auto" or a switch, as jit_compile
+            return text.lower() == "true"
         if text.lstrip("-").isdigit():
             return int(text)
     except ValueError:
