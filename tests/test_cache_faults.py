@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -116,24 +115,26 @@ def test_sigkill_at_every_phase(point, data, built, reference, weights_file, tmp
     assert_only_listed_files(cache)
 
 
-def _spawned_workers(since: float) -> list[psutil.Process]:
+def _spawned_workers(group: int) -> list[psutil.Process]:
+    """The decoding processes of process group ``group`` (the killed run's: tests running beside it have their own)."""
     found = []
-    for process in psutil.process_iter(["cmdline", "create_time"]):
-        if process.info["create_time"] >= since and "spawn_main" in " ".join(process.info["cmdline"] or []):
-            found.append(process)
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(process.pid) == group and "spawn_main" in " ".join(process.info["cmdline"] or []):
+                found.append(process)
     return found
 
 
 def test_sigkill_with_decoding_processes_leaves_no_workers_and_resumes(data, reference, weights_file, tmp_path, capsys):
     cache = tmp_path / "features.h5"
-    started = time.time() - 1
     env = {**os.environ, "PIPELINE_KILL_AT": "shard-written:2"}
-    killed = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args(data, cache, weights_file), "--decoder", "processes", "--workers", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    _, alive = psutil.wait_procs(_spawned_workers(started), timeout=15)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as killed:
+        _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, stderr
+    _, alive = psutil.wait_procs(_spawned_workers(killed.pid), timeout=15)
     assert not alive, "decoding processes outlived the killed run"
     assert len(list(schema.shards_dir(cache).glob("shard-*.h5"))) == 2
     assert_recovers(data, cache, weights_file, reference, capsys)
