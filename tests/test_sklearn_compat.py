@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cas
 # the heads' default (XLA on with TensorFlow) is what test_heads.py and the CLI tests train with.
 CHECK_SETTINGS = {
     "dense": {"epochs": 5, "units": 16, "learning_rate": 1e-2, "verbose": 0, "jit_compile": False},
-    "gap": {"epochs": 30, "learning_rate": 5e-2, "verbose": 0, "jit_compile": False},
+    "gap": {"epochs": 10, "learning_rate": 1e-1, "verbose": 0, "jit_compile": False},
     "logreg": {},
     "finetune": {"head_epochs": 5, "epochs": 1, "units": 16, "learning_rate": 1e-2, "verbose": 0, "jit_compile": False},
 }
