@@ -252,15 +252,16 @@ def cli_args(data: Path, cache_path: Path, weights_file: Path) -> list[str]:
     ]
 
 
-def resume(data: Path, cache_path: Path, weights_file: Path) -> int:
-    """Run the same extraction again to the end; returns how many images it extracted."""
-    resumed = run_cli(*cli_args(data, cache_path, weights_file))
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+def resume(data: Path, cache_path: Path, weights_file: Path, capsys) -> int:
+    """Run the same command again (in this process: only the interrupted run needs one) to the end; returns how many
+    images it extracted."""
+    capsys.readouterr()
+    assert main(cli_args(data, cache_path, weights_file)) == 0
+    out = capsys.readouterr().out
     return int(out.split("(")[1].split(" extracted")[0])
 
 
-def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
+def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file, capsys):
     data = make_class_folders(tmp_path / "many", {"a": 200, "b": 200}, size=(80, 60))  # too many to finish in the gap
     cache_path = tmp_path / "killed.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
@@ -272,7 +273,7 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     with pytest.raises(CacheError, match="no such cache"):
         FeatureCache(cache_path)
 
-    assert resume(data, cache_path, weights_file) <= 400 - 4 * committed
+    assert resume(data, cache_path, weights_file, capsys) <= 400 - 4 * committed
     assert len(list(shards.glob("shard-*.h5"))) == 400 // 4  # one shard a batch of 4
     assert_only_listed_files(cache_path)  # no leftovers
 
@@ -281,7 +282,7 @@ def test_sigkill_mid_run_resumes_to_the_same_cache(tmp_path, weights_file):
     assert_same_cache(snapshot(cache_path), snapshot(uninterrupted), atol=1e-3)
 
 
-def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_file):
+def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_file, capsys):
     data = make_class_folders(tmp_path / "many", {"a": 200, "b": 200}, size=(80, 60))  # too many to finish in the gap
     cache_path = tmp_path / "interrupted.h5"
     process = run_cli(*cli_args(data, cache_path, weights_file), "--workers", "1")
@@ -291,7 +292,7 @@ def test_ctrl_c_keeps_finished_batches_and_says_how_to_resume(tmp_path, weights_
     assert process.returncode == 130 and "interrupted: finished batches are kept" in err, err
     kept = len(list(shards.glob("shard-*.h5")))
     assert 3 <= kept < 100
-    assert resume(data, cache_path, weights_file) <= 400 - 4 * kept
+    assert resume(data, cache_path, weights_file, capsys) <= 400 - 4 * kept
     with FeatureCache(cache_path) as cache:
         assert len(cache) == 400
 
