@@ -90,7 +90,10 @@ next:
   make runs{runs}   # every run, best first
   make extract DATA={args.data} CACHE={block4}{size} EXTRACT_FLAGS="--layer block4_pool --views flip --views-of train"   # block4 maps, flipped training images, once
   make train-head CACHE={block4}{runs} HEAD=finetune TRAIN_FLAGS="--views flip"   # fine-tune VGG16's block5 on them
-  {demo}   # all 1,797 digits; only the new ones are extracted"""
+  {demo}   # all 1,797 digits; only the new ones are extracted
+your own photos (one folder per class, or train/ + validation/ holding them):
+  make extract DATA=path/to/photos CACHE=cache/photos.h5{size}   # offline: WEIGHTS=path/to/vgg16.weights.h5
+  make train-head CACHE=cache/photos.h5{runs} HEAD=logreg && make report{runs}"""
 
 
 if __name__ == "__main__":

@@ -165,6 +165,31 @@ def pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
     return device_decode.decoder_label()
 
 
+def default_weights(cache_path: str | os.PathLike, force: bool) -> tuple[str, str | None]:
+    """What a missing ``--weights`` means: on an existing cache made from a weights file, that file.
+
+    The cache records the file's resolved path; the recipe check after the backbone is built
+    refuses it if its values no longer hash to the recorded ``weights_sha256``. Elsewhere (no
+    cache, ``--force``, a cache of ImageNet's or random weights) it is ``imagenet``. Returns the
+    weights and the note that says which were taken, or None when nothing needs saying.
+    """
+    if force:
+        return "imagenet", None
+    try:
+        with FeatureCache(cache_path) as cache:
+            recorded, sha256 = cache.recipe.weights, cache.recipe.weights_sha256
+    except CacheError:
+        return "imagenet", None
+    if recorded == "imagenet" or recorded.startswith("random(") or not recorded:
+        return "imagenet", None
+    if not Path(recorded).is_file():
+        raise PipelineError(
+            f"{cache_path} was made with --weights {recorded} (sha256 {sha256[:12]}), which is no longer there; "
+            "pass --weights with that file, or --force with other weights to start the cache over"
+        )
+    return recorded, f"weights: {recorded}, the file {cache_path} was made with (no --weights given)"
+
+
 def auto_precision(options: ExtractOptions) -> tuple[str, list[str]]:
     """``auto`` on an existing cache keeps the cache's precision, so the machine never splits a cache.
 

@@ -128,6 +128,32 @@ def new_run_folder(runs_dir: Path, name: str, explicit: bool) -> tuple[str, Path
     return candidate, runs_dir / candidate
 
 
+def set_aside(runs_dir: Path, name: str) -> Path:
+    """Move run ``name`` out of the way of its replacement; it comes back if writing the new one fails."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=runs_dir))
+    aside.rmdir()
+    (runs_dir / name).rename(aside)
+    return aside
+
+
+def forget_replaced(runs_dir: Path, name: str, aside: Path) -> None:
+    """Drop a replaced run: its folder, and its line in the index (the new run's line is the last one of that name)."""
+    shutil.rmtree(aside, ignore_errors=True)
+    path = runs_dir / INDEX_FILE
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    named = [i for i, line in enumerate(lines) if _entry_name(line) == name]
+    keep = [line for i, line in enumerate(lines) if i not in named[:-1]]
+    atomic.write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _entry_name(line: str) -> str | None:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return entry.get("name") if isinstance(entry, dict) else None
+
+
 def publish(staging: Path, folder: Path) -> None:
     """Move a fully written run into place, so a run folder is never half written."""
     if folder.exists():
