@@ -37,8 +37,13 @@ def cpu_key(cpuinfo: str | None = None) -> str | None:
         except OSError:
             return None
     wanted = ("flags", "Features", "model name", "CPU implementer", "CPU part")
-    lines = sorted({line.split(":", 1)[0].strip() + ":" + line.split(":", 1)[1].strip()
-                    for line in cpuinfo.splitlines() if ":" in line and line.split(":", 1)[0].strip() in wanted})
+    lines = sorted(
+        {
+            line.split(":", 1)[0].strip() + ":" + line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if ":" in line and line.split(":", 1)[0].strip() in wanted
+        }
+    )
     if not any(line.startswith(("flags:", "Features:")) for line in lines):
         return None
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]

@@ -135,7 +135,9 @@ def test_a_keras_head_used_from_python_prints_no_tensorflow_log_lines(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "PIPELINE_"))}
     env.update(PYTHONPATH=str(REPO), KERAS_HOME=str(tmp_path))
     for _ in range(2):
-        run = subprocess.run([sys.executable, "-c", FIT], env=env, capture_output=True, text=True, timeout=300, check=False)
+        run = subprocess.run(
+            [sys.executable, "-c", FIT], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert run.stderr == "" and run.stdout == ""
     assert list((tmp_path / "xla-cache").rglob("*.pb"))  # the programs were kept, under KERAS_HOME
