@@ -179,5 +179,12 @@ train-head: setup
 runs: setup
 	$(PY) -m pipeline runs --runs-dir $(RUNS_DIR)
 
+# `make docs`: the CLI reference regenerated from the parsers, then the site built into site/ (open site/index.html);
+# --strict fails on a broken link or a page missing from mkdocs.yml's nav.
+.PHONY: docs
+docs: setup
+	$(PY) docs/cli_reference.py
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf cache runs bench-out .pytest_cache
+	rm -rf cache runs bench-out .pytest_cache site
