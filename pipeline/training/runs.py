@@ -128,6 +128,17 @@ def new_run_folder(runs_dir: Path, name: str, explicit: bool) -> tuple[str, Path
     return candidate, runs_dir / candidate
 
 
+def _as_json(value: object) -> object:
+    """A setting as config.json can hold it: itself, or its repr (a scikit-learn Pipeline's steps hold estimators)."""
+    if not isinstance(value, JSON_TYPES):
+        return repr(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
 def set_aside(runs_dir: Path, name: str) -> Path:
     """Move run ``name`` out of the way of its replacement; it comes back if writing the new one fails."""
     aside = Path(tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=runs_dir))
@@ -211,7 +222,7 @@ def run_config(
     fractions: Sequence[float],
 ) -> dict:
     """What ``config.json`` records: the head and its settings, the splits, the cache and the versions."""
-    params = {key: value if isinstance(value, JSON_TYPES) else repr(value) for key, value in head.get_params().items()}
+    params = {key: _as_json(value) for key, value in head.get_params().items()}
     return {
         "name": name,
         "head": head.name,
