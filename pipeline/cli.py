@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     if args.verbose:
         quiet.uninstall()
+        os.environ["PIPELINE_VERBOSE"] = "1"  # the Keras heads' own quiet import (classifiers.tf_quiet) steps aside too
     try:
         return int(args.run(args) or 0)
     except (PipelineError, CacheError, HeadError) as error:

@@ -127,6 +127,8 @@ def test_the_readme_start_to_finish_runs(tmp_path, monkeypatch):
     assert Path("predictions.csv").is_file() and Path("model.keras").is_file()
     (example,) = blocks(text, "python")
     exec(compile(example, str(README), "exec"), {})
+    (loading,) = blocks((DOCS / "how-to" / "deploy.md").read_text(encoding="utf-8"), "python")
+    exec(compile(loading, "docs/how-to/deploy.md", "exec"), {})
 
 
 def test_the_tutorial_runs(tmp_path, monkeypatch):
