@@ -88,6 +88,10 @@ def test_extract_without_weights_on_a_cache_takes_the_weights_file_the_cache_was
     assert f"weights: {weights.resolve()}, the file {cache} was made with (no --weights given)" in out
     with FeatureCache(cache) as opened:
         assert len(opened) == 12 and opened.recipe.weights == str(weights.resolve())
+        lost = opened.shard_files[0]
+    lost.unlink()  # a cache that needs rebuilding from its shards still names its weights
+    assert main(common) == 0
+    assert "the file" in capsys.readouterr().out
 
     tiny_weights(weights, seed=2)  # the same path, other values: the recorded hash refuses it
     (photos / "수박" / "new-수박_000.jpg").unlink()
