@@ -164,7 +164,8 @@ export: setup
 	$(PY) -m pipeline export $(RUN) $(OUT) --runs-dir $(RUNS_DIR)
 
 # Stage two: e.g. make train-head CACHE=cache/digits.h5 HEAD=logreg SET="C=0.1,1,10"
-HEAD ?= dense
+# empty: train's default head (dense), which train names
+HEAD ?=
 SET ?=
 RUN_NAME ?=
 SEED ?= 0
@@ -173,7 +174,7 @@ TRAIN_FLAGS ?=
 .PHONY: train-head runs
 
 train-head: setup
-	$(PY) -m pipeline train $(CACHE) --head $(HEAD) --runs-dir $(RUNS_DIR) --seed $(SEED) \
+	$(PY) -m pipeline train $(CACHE) $(if $(HEAD),--head $(HEAD)) --runs-dir $(RUNS_DIR) --seed $(SEED) \
 		$(foreach setting,$(SET),--set $(setting)) $(if $(RUN_NAME),--name $(RUN_NAME)) $(TRAIN_FLAGS)
 
 runs: setup
