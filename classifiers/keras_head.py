@@ -180,7 +180,6 @@ class KerasHead(Head):
         return self
 
     def _fit_views(self, X, y, X_val, y_val, views: np.ndarray) -> KerasHead:
-        import_keras()
         from classifiers.keras_views import ViewBatches
 
         self.check_params()
