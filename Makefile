@@ -8,7 +8,8 @@ DATA ?= data/digits
 CACHE ?= cache/digits.h5
 IMAGE_SIZE ?= 224
 BATCH ?= 32
-WEIGHTS ?= imagenet
+# empty: an existing cache's own weights file, else imagenet (`extract --weights` without a value given)
+WEIGHTS ?=
 PRECISION ?= auto
 STORAGE ?= float16
 BACKBONE ?= vgg16
@@ -63,7 +64,7 @@ demo: setup
 extract: setup
 	mkdir -p $(dir $(CACHE))
 	$(PY) -m pipeline extract $(DATA) --cache $(CACHE) --backbone $(BACKBONE) --image-size $(IMAGE_SIZE) \
-		--batch-size $(BATCH) --weights $(WEIGHTS) --precision $(PRECISION) --storage $(STORAGE) --engine $(ENGINE) $(EXTRACT_FLAGS)
+		--batch-size $(BATCH) $(if $(WEIGHTS),--weights $(WEIGHTS)) --precision $(PRECISION) --storage $(STORAGE) --engine $(ENGINE) $(EXTRACT_FLAGS)
 
 info: setup
 	$(PY) -m pipeline info $(CACHE)
@@ -117,7 +118,7 @@ FINETUNE_SIZE ?= 160
 FINETUNE_SEEDS ?= 0 1 2
 .PHONY: bench-finetune
 bench-finetune: setup
-	$(PY) -m bench.finetune --weights $(WEIGHTS) --size $(FINETUNE_SIZE) --seeds $(FINETUNE_SEEDS) --out $(BENCH_OUT)
+	$(PY) -m bench.finetune --weights $(or $(WEIGHTS),imagenet) --size $(FINETUNE_SIZE) --seeds $(FINETUNE_SEEDS) --out $(BENCH_OUT)
 
 # A GPU machine without network or Keras: `make bench-device-pack` here puts Keras and its two small
 # dependencies as Python 3.12 wheels into $(DEVICE_PACK) (about 3 MB, ignored by git); there, in a copy of
@@ -163,7 +164,8 @@ export: setup
 	$(PY) -m pipeline export $(RUN) $(OUT) --runs-dir $(RUNS_DIR)
 
 # Stage two: e.g. make train-head CACHE=cache/digits.h5 HEAD=logreg SET="C=0.1,1,10"
-HEAD ?= dense
+# empty: train's default head (dense), which train names
+HEAD ?=
 SET ?=
 RUN_NAME ?=
 SEED ?= 0
@@ -172,11 +174,18 @@ TRAIN_FLAGS ?=
 .PHONY: train-head runs
 
 train-head: setup
-	$(PY) -m pipeline train $(CACHE) --head $(HEAD) --runs-dir $(RUNS_DIR) --seed $(SEED) \
+	$(PY) -m pipeline train $(CACHE) $(if $(HEAD),--head $(HEAD)) --runs-dir $(RUNS_DIR) --seed $(SEED) \
 		$(foreach setting,$(SET),--set $(setting)) $(if $(RUN_NAME),--name $(RUN_NAME)) $(TRAIN_FLAGS)
 
 runs: setup
 	$(PY) -m pipeline runs --runs-dir $(RUNS_DIR)
 
+# `make docs`: the CLI reference regenerated from the parsers, then the site built into site/ (open site/index.html);
+# --strict fails on a broken link or a page missing from mkdocs.yml's nav.
+.PHONY: docs
+docs: setup
+	$(PY) docs/cli_reference.py
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf cache runs bench-out .pytest_cache
+	rm -rf cache runs bench-out .pytest_cache site

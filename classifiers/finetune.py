@@ -20,6 +20,7 @@ import numpy as np
 from classifiers.errors import FeatureShapeError, SettingError
 from classifiers.keras_head import JIT_COMPILE, KerasHead, floored, seed_everything, standardisation
 from classifiers.sk_compat import Interval, StrOptions
+from classifiers.tf_quiet import import_keras
 
 if TYPE_CHECKING:
     import keras
@@ -64,6 +65,7 @@ class FinetuneHead(KerasHead):
     def fit(self, X, y, *, X_val=None, y_val=None, views: np.ndarray | None = None) -> FinetuneHead:
         """Train on maps ``X`` (n, h, w, c) of the top block's input layer; ``views`` (n, k, h, w, c) are
         extra views of the same training images. ``X_val, y_val`` are watched by the callbacks."""
+        import_keras()
         self.check_params()
         top = self._load_top()
         X = self._validate_X(X, fitting=True)

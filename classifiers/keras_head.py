@@ -26,6 +26,7 @@ from classifiers.base import CLASS_WEIGHT_CONSTRAINT, Head, RowSource
 from classifiers.compile_cache import use_compile_cache
 from classifiers.errors import SettingError
 from classifiers.sk_compat import Interval, StrOptions
+from classifiers.tf_quiet import import_keras
 
 if TYPE_CHECKING:
     import keras
@@ -165,6 +166,7 @@ class KerasHead(Head):
         training rows (stratified, seeded), as scikit-learn's ``MLPClassifier`` does. ``views``
         (n, k, h, w, c): augmented views of the training images, one drawn per image each epoch.
         """
+        import_keras()
         if views is not None:
             return self._fit_views(X, y, X_val, y_val, views)
         self.check_params()
@@ -202,6 +204,7 @@ class KerasHead(Head):
         return X_fit, y_fit, (X_val, y_val)
 
     def fit_stream(self, source: RowSource, *, val: RowSource | None = None) -> KerasHead:
+        import_keras()
         from classifiers.keras_stream import StreamBatches
 
         columns = self._start_fit(source.labels, source.input_shape)
@@ -284,8 +287,7 @@ class KerasHead(Head):
 
     @classmethod
     def load(cls, folder: Path) -> KerasHead:
-        import keras
-
+        keras = import_keras()
         use_compile_cache()
         head = cls._load_meta(folder)
         head.model_ = keras.saving.load_model(folder / cls.model_file)

@@ -32,6 +32,12 @@ class FeatureCache:
         self._checksums: list[np.ndarray | None] = []
         if not self.path.exists():
             raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
+        if self.path.is_dir():
+            made = Path("cache") / f"{self.path.resolve().name or 'features'}.h5"
+            raise CacheError(
+                f"{self.path}: is a folder, not a feature cache; make a cache of its images with "
+                f"`python -m pipeline extract {self.path} --cache {made}` and pass {made}"
+            )
         try:
             self._file = h5py.File(self.path, "r")
         except OSError:

@@ -10,6 +10,7 @@ which shows the traceback (and TensorFlow's start-up log).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -36,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in subparsers.choices.values():
         subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, where an unknown option is named with the closest one the command has."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - argparse keeps them there
+        options = [option for action in command._actions for option in action.option_strings]  # noqa: SLF001
+        given = [word.split("=", 1)[0] for word in unknown if word.startswith("--")]
+        hints = [match for word in given for match in difflib.get_close_matches(word, options, n=1, cutoff=0.6)]
+        hint = f"; did you mean `{hints[0]}`?" if hints else f"; `pipeline {args.command} --help` lists the options"
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def one_line(text: object) -> str:
@@ -75,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         _in_utf8_mode()
     quiet.quiet_start()
     _printable_anywhere()
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if args.verbose:
         quiet.uninstall()
+        os.environ["PIPELINE_VERBOSE"] = "1"  # the Keras heads' own quiet import (classifiers.tf_quiet) steps aside too
     try:
         return int(args.run(args) or 0)
     except (PipelineError, CacheError, HeadError) as error:

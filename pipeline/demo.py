@@ -80,10 +80,12 @@ def next_steps(args: argparse.Namespace, weights: str = "imagenet") -> str:
     ) if value != default]
     demo = " ".join(["python -m pipeline.demo", *given, "--per-class all"])
     block4 = str(Path(args.cache).with_name(f"{Path(args.cache).stem}-block4.h5"))
-    size = f" IMAGE_SIZE={args.image_size}" if args.image_size != 224 else ""
+    size = own_size = f" IMAGE_SIZE={args.image_size}" if args.image_size != 224 else ""
     size += f" WEIGHTS={weights}" if weights != "imagenet" else ""
     return f"""
 next:
+  make extract DATA=path/to/photos CACHE=cache/photos.h5{own_size}   # your own photos: a folder per class, or train/ + validation/ of them
+  make train-head CACHE=cache/photos.h5{runs} HEAD=logreg && make report{runs}   # offline, add WEIGHTS=path/to/vgg16.weights.h5 above
   make train-head CACHE={args.cache}{runs} HEAD=dense   # the bottleneck-features recipe (Flatten, Dense 256, Dropout)
   make train-head CACHE={args.cache}{runs} HEAD=logreg SET="C=0.1,1,10"   # three runs from features read once
   make report{runs}   # what the latest run gets wrong (errors.csv, report.html)

@@ -9,30 +9,15 @@ users see only the tool's own lines; ``--verbose`` (or ``PIPELINE_VERBOSE=1``) r
 
 from __future__ import annotations
 
-import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
 import os
 import sys
-from collections.abc import Iterator
+
+from classifiers.tf_quiet import native_stderr_silenced
 
 NOISY = "tensorflow"
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block (Python's own ``sys.stderr`` is flushed first)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class _SilencedLoader(importlib.abc.Loader):

@@ -14,11 +14,11 @@ from features_cache import FeatureCache
 from pipeline.cli import main
 from pipeline.training.datasets import load_split, save_run
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "notebook.md"
 
 
 def readme_example() -> str:
-    section = README.read_text(encoding="utf-8").split("## In a notebook", 1)[1]
+    section = README.read_text(encoding="utf-8")
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 

@@ -24,7 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("data", help="folder of class folders (optionally under train/ val/ test/), or a path,label[,split] CSV")
     parser.add_argument("--cache", required=True, help="the HDF5 file to create or update")
     parser.add_argument("--backbone", default="vgg16", help="vgg16 (default), resnet50 or mobilenetv2")
-    parser.add_argument("--weights", default="imagenet", help="imagenet (default), none (seeded random, for tests) or a .h5 path")
+    parser.add_argument(
+        "--weights", default=None,
+        help="imagenet, none (seeded random, for tests) or a .h5 path; default: the weights file an existing cache "
+        "was made with (checked by its hash), else imagenet",
+    )
     parser.add_argument("--image-size", type=int, default=224, help="square input size (default 224: 7x7x512 for VGG16)")
     parser.add_argument(
         "--layer", default="output",
@@ -94,9 +98,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.commands.tables import print_extract_report
     from pipeline.extraction.extract import ExtractOptions, run_extract
+    from pipeline.extraction.options import default_weights
     from pipeline.extraction.views import parse_views, view_cache
 
-    weights = "none" if args.weights.lower() in ("none", "random") else args.weights
+    if args.weights is None:
+        weights, note = default_weights(args.cache, args.force)
+        if note:
+            print(note, flush=True)
+    else:
+        weights = "none" if args.weights.lower() in ("none", "random") else args.weights
     views = parse_views(args.views)
     if args.views_of == "train" and not views:
         raise PipelineError("--views-of train says which images get views; add --views, e.g. --views flip")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DEFAULT_HEAD = "dense"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,7 +15,7 @@ def register(subparsers) -> None:
         "config, metrics, predictions and history, and a line in runs/index.jsonl.",
     )
     parser.add_argument("cache", help="an HDF5 feature cache written by `pipeline extract`")
-    parser.add_argument("--head", default="dense", help="dense (default), gap, logreg or finetune (on a --layer block4_pool cache)")
+    parser.add_argument("--head", default=None, help="dense (default), gap, logreg or finetune (on a --layer block4_pool cache)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
         help="a head setting, e.g. --set dropout=0.3,0.5 or --set C=0.1,1,10; several values make one run each",
@@ -46,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training.splits import parse_fractions
     from pipeline.training.train import TrainOptions, run_train
 
+    if args.head is None:
+        print(f"head: {DEFAULT_HEAD} (the default; --head gap, logreg or finetune picks another)", flush=True)
     options = TrainOptions(
         cache=args.cache,
-        head=args.head.lower(),
+        head=(args.head or DEFAULT_HEAD).lower(),
         settings=parse_settings(args.settings),
         name=args.name,
         runs_dir=args.runs_dir,

@@ -11,6 +11,8 @@ import socket
 from importlib import metadata
 from pathlib import Path
 
+import h5py
+
 from features_cache import schema
 from features_cache.errors import CacheError
 from features_cache.reader import FeatureCache
@@ -163,6 +165,33 @@ def pixel_decoder(options: ExtractOptions, spec: ResizeSpec) -> str:
     except CacheError:
         pass
     return device_decode.decoder_label()
+
+
+def default_weights(cache_path: str | os.PathLike, force: bool) -> tuple[str, str | None]:
+    """What a missing ``--weights`` means: on an existing cache made from a weights file, that file.
+
+    The index records the file's resolved path (read from its attributes alone, so a cache whose
+    shards need rebuilding still says what made it); the recipe check after the backbone is
+    built refuses the file if its values no longer hash to the recorded ``weights_sha256``. Elsewhere (no
+    cache, ``--force``, a cache of ImageNet's or random weights) it is ``imagenet``. Returns the
+    weights and the note that says which were taken, or None when nothing needs saying.
+    """
+    if force or not Path(cache_path).is_file():
+        return "imagenet", None
+    try:  # the index's own attributes: a cache whose shards need repair still says what made it
+        with h5py.File(cache_path, "r") as index:
+            recipe = schema.Recipe.from_attrs(index.attrs)
+    except (OSError, KeyError, ValueError, TypeError):
+        return "imagenet", None
+    recorded, sha256 = recipe.weights, recipe.weights_sha256
+    if recorded == "imagenet" or recorded.startswith("random(") or not recorded:
+        return "imagenet", None
+    if not Path(recorded).is_file():
+        raise PipelineError(
+            f"{cache_path} was made with --weights {recorded} (sha256 {sha256[:12]}), which is no longer there; "
+            "pass --weights with that file, or --force with other weights to start the cache over"
+        )
+    return recorded, f"weights: {recorded}, the file {cache_path} was made with (no --weights given)"
 
 
 def auto_precision(options: ExtractOptions) -> tuple[str, list[str]]:

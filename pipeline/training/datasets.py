@@ -69,11 +69,14 @@ def save_run(
     name: str | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     fit_seconds: float = 0.0,
+    overwrite: bool = False,
 ) -> Path:
     """Score a fitted classifier on the cache's held-out splits and write a run folder; returns its path.
 
     ``estimator`` is a fitted head of this project or any fitted scikit-learn classifier with
-    ``predict_proba``, trained on ``load_split(cache, "train", pooling=pooling)``.
+    ``predict_proba``, trained on ``load_split(cache, "train", pooling=pooling)``. A ``name``
+    already taken is refused unless ``overwrite=True``, which replaces that run once the new
+    one is written (so a notebook cell can run again).
     """
     if isinstance(estimator, Head):
         head = estimator
@@ -87,6 +90,13 @@ def save_run(
         raise PipelineError(f"{type(estimator).__name__} of {cache.path}: {error}, e.g. y from load_split") from None
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    replaced = None
+    if name is not None and (runs_dir / name).exists():
+        if not overwrite:
+            raise PipelineError(
+                f"run {name!r} already exists in {runs_dir}/; pass another name= or save_run(..., overwrite=True) to replace it"
+            )
+        replaced = runs.set_aside(runs_dir, name)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_name, folder = runs.new_run_folder(runs_dir, name or f"{head.name}-{stamp}", name is not None)
     plan = plan_cache_splits(cache, fractions, check_leakage=True)
@@ -97,5 +107,12 @@ def save_run(
     config = run_config(
         cache, head, run_name, True, plan, fit_seconds or time.perf_counter() - started, seed=0, fractions=fractions
     )
-    write_run(runs_dir, folder, head, config, metrics, cache, indices, probas)
+    try:
+        write_run(runs_dir, folder, head, config, metrics, cache, indices, probas)
+    except BaseException:
+        if replaced is not None:
+            replaced.rename(folder)
+        raise
+    if replaced is not None:
+        runs.forget_replaced(runs_dir, name, replaced)
     return folder

@@ -128,6 +128,43 @@ def new_run_folder(runs_dir: Path, name: str, explicit: bool) -> tuple[str, Path
     return candidate, runs_dir / candidate
 
 
+def _as_json(value: object) -> object:
+    """A setting as config.json can hold it: itself, or its repr (a scikit-learn Pipeline's steps hold estimators)."""
+    if not isinstance(value, JSON_TYPES):
+        return repr(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def set_aside(runs_dir: Path, name: str) -> Path:
+    """Move run ``name`` out of the way of its replacement; it comes back if writing the new one fails."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=runs_dir))
+    aside.rmdir()
+    (runs_dir / name).rename(aside)
+    return aside
+
+
+def forget_replaced(runs_dir: Path, name: str, aside: Path) -> None:
+    """Drop a replaced run: its folder, and its line in the index (the new run's line is the last one of that name)."""
+    shutil.rmtree(aside, ignore_errors=True)
+    path = runs_dir / INDEX_FILE
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    named = [i for i, line in enumerate(lines) if _entry_name(line) == name]
+    keep = [line for i, line in enumerate(lines) if i not in named[:-1]]
+    atomic.write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _entry_name(line: str) -> str | None:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return entry.get("name") if isinstance(entry, dict) else None
+
+
 def publish(staging: Path, folder: Path) -> None:
     """Move a fully written run into place, so a run folder is never half written."""
     if folder.exists():
@@ -185,7 +222,7 @@ def run_config(
     fractions: Sequence[float],
 ) -> dict:
     """What ``config.json`` records: the head and its settings, the splits, the cache and the versions."""
-    params = {key: value if isinstance(value, JSON_TYPES) else repr(value) for key, value in head.get_params().items()}
+    params = {key: _as_json(value) for key, value in head.get_params().items()}
     return {
         "name": name,
         "head": head.name,
