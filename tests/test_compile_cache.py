@@ -27,11 +27,14 @@ FIT = (
 
 
 def fit_in_a_new_process(setting: str, home: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_HOME": str(home), SETTING: setting, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_XLA_FLAGS", None)
+    """A head fitted from Python in a fresh interpreter, as in a notebook: it prints nothing of TensorFlow's own
+    (the run that loads kept programs is where TensorFlow logged spurious errors)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "PIPELINE_"))}
+    env.update(PYTHONPATH=str(REPO), KERAS_HOME=str(home), **{SETTING: setting})
     run = subprocess.run([sys.executable, "-c", FIT], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.stderr == "" and len(run.stdout.splitlines()) == 1, run.stderr[-2000:] + run.stdout[-2000:]
+    return json.loads(run.stdout)
 
 
 def programs(folder: Path) -> list[str]:

@@ -2,7 +2,7 @@
 the parsers' own, and the README's start-to-finish commands, the tutorial and the notebook example run.
 
 Commands run in process at a small size: `extract` at 32 px on seeded random weights (whatever
-`--weights` and `--image-size` the page gives), the Keras heads for one epoch. Every other shell
+`--weights` and `--image-size` the page gives), the Keras heads for one epoch without XLA's compile. Every other shell
 line than `python -m pipeline ...` and `mkdir -p` fails the test, so no page can show a command
 that is not run here.
 """
@@ -64,7 +64,9 @@ def small(args: list[str]) -> list[str]:
     if args[0] == "train":
         head = args[args.index("--head") + 1] if "--head" in args else "dense"
         if head in ("dense", "gap", "finetune"):
-            args = [*args, "--set", "epochs=1"] + (["--set", "head_epochs=1"] if head == "finetune" else [])
+            args = [*args, "--set", "epochs=1", "--set", "jit_compile=false"] + (
+                ["--set", "head_epochs=1"] if head == "finetune" else []
+            )
     return args
 
 
@@ -150,7 +152,7 @@ def test_the_notebook_example_runs_and_converges(tmp_path, monkeypatch):
     Path("cache").mkdir()
     assert main(["extract", "photos", "--cache", "cache/photos.h5", "--image-size", "32", "--weights", "none"]) == 0
     (example,) = blocks((DOCS / "how-to" / "notebook.md").read_text(encoding="utf-8"), "python")
-    example = example.replace("DenseHead(epochs=5", "DenseHead(epochs=1")
+    example = example.replace("DenseHead(epochs=5", "DenseHead(epochs=1, jit_compile=False")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         for _ in range(2):  # the cell runs again: overwrite=True replaces its runs
