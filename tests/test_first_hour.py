@@ -22,7 +22,6 @@ from pipeline.errors import PipelineError
 from pipeline.training.datasets import load_split, save_run
 from pipeline.training.runs import read_index
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
