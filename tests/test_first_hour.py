@@ -23,7 +23,6 @@ from pipeline.training.datasets import load_split, save_run
 from pipeline.training.runs import read_index
 
 
-
 @pytest.fixture(scope="module")
 def photos_and_cache(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("first-hour")
