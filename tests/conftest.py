@@ -1,4 +1,5 @@
-"""Shared fixtures: a real feature cache made by stage one from the digits, once per test session."""
+"""Shared fixtures, made once per test session (per worker under pytest-xdist): the digits and their cache,
+a weights file, and the small photo set whose cache the fault and integrity tests copy and break."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import keras
 import pytest
+from image_factory import make_class_folders
+from test_extract import options, snapshot
 
 from pipeline.demo_data import write_digits
 from pipeline.extraction.extract import ExtractOptions, run_extract
@@ -33,3 +36,23 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
     model.save_weights(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """18 photos in two class folders, ``a`` and ``b``. A test that adds a file removes it again."""
+    return make_class_folders(tmp_path_factory.mktemp("data") / "photos", {"a": 9, "b": 9})
+
+
+@pytest.fixture(scope="session")
+def built(data: Path, weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run's cache of ``data``, alone in its folder: a test starts from a copy (``copy_cache``)."""
+    cache = tmp_path_factory.mktemp("reference") / "features.h5"
+    run_extract(options(data, cache, weights_file))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def reference(built: Path) -> dict:
+    """What an uninterrupted run of ``data`` gives."""
+    return snapshot(built)

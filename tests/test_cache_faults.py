@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import psutil
 import pytest
-from image_factory import make_class_folders, photo, save
+from image_factory import photo, save
 from test_extract import assert_only_listed_files, assert_same_cache, cli_args, copy_cache, options, snapshot
 
 from features_cache import integrity, schema
@@ -35,25 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def args(data: Path, cache: Path, weights: Path) -> list[str]:
     return [*cli_args(data, cache, weights), "--storage", "float32"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_class_folders(tmp_path_factory.mktemp("data") / "photos", {"a": 9, "b": 9})
-
-
-@pytest.fixture(scope="module")
-def built(data, weights_file, tmp_path_factory) -> Path:
-    """An uninterrupted run's cache of ``data``, alone in its folder: a test starts from a copy (``copy_cache``)."""
-    cache = tmp_path_factory.mktemp("reference") / "features.h5"
-    run_extract(options(data, cache, weights_file))
-    return cache
-
-
-@pytest.fixture(scope="module")
-def reference(built) -> dict:
-    """What an uninterrupted run of the final data gives."""
-    return snapshot(built)
 
 
 def extract(data: Path, cache: Path, weights: Path, capsys) -> tuple[int, str]:

@@ -36,24 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"a": 9, "b": 9}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_class_folders(tmp_path_factory.mktemp("data") / "photos", CLASSES)
-
-
-@pytest.fixture(scope="module")
-def built(data, weights_file, tmp_path_factory) -> Path:
-    """An uninterrupted run's cache of ``data``, alone in its folder: each test changes a copy of it."""
-    cache = tmp_path_factory.mktemp("reference") / "features.h5"
-    run_extract(options(data, cache, weights_file))
-    return cache
-
-
-@pytest.fixture(scope="module")
-def reference(built) -> dict:
-    return snapshot(built)
-
-
 @pytest.fixture
 def cache(built, tmp_path) -> Path:
     return copy_cache(built, tmp_path)

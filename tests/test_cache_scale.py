@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 from image_factory import make_class_folders
-from test_cache_faults import data, reference  # noqa: F401 - shared fixtures
 from test_extract import assert_same_cache, options, plain_snapshot, snapshot
 
 from features_cache import halves, schema

@@ -12,7 +12,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from test_cache_faults import data, reference  # noqa: F401 - shared fixtures
 from test_extract import assert_only_listed_files, assert_same_cache, options, plain_snapshot, snapshot
 
 from features_cache import schema, segments
