@@ -41,23 +41,31 @@ def relocate(path: str | os.PathLike) -> bool:
 
 
 def unseen(path: str | os.PathLike) -> list[tuple[Path, str]]:
-    """``(shard, why)`` per shard that plain HDF5 readers of the index's ``features`` cannot find
-    (they read NaN rows there): one row per shard is read through the virtual dataset."""
+    """``(shard, why)`` per shard that plain HDF5 readers of the index's ``features`` do not read where
+    :class:`FeatureCache` does: they read NaN rows there, or another copy's file (another cache's, which
+    may change without this one). One row per shard is read through the virtual dataset, at its
+    stored position (the index's order, which after incremental commits is not the rows' path order)."""
     import h5py
     import numpy as np
 
     with FeatureCache(path) as cache:
         if cache.version == schema.STANDALONE_VERSION or not len(cache):
             return []
-        first_rows: dict[Path, int] = {}
-        for row, (file, _) in enumerate(cache.sources()):
-            first_rows.setdefault(file, row)
-        recorded = dict(zip(cache.shard_files, cache.recorded_files))
+        storage = cache.storage_order()
+        first_rows: dict[int, int] = {}
+        for position, shard in enumerate(cache.row_shards[storage].tolist()):
+            first_rows.setdefault(shard, position)
+        folder = cache.path.resolve().parent
+        files = [(file, folder / recorded) for file, recorded in zip(cache.shard_files, cache.recorded_files)]
     found = []
     with h5py.File(path, "r") as f:
         features = f[schema.FEATURES]
-        for file, row in first_rows.items():
-            if np.isnan(features[row]).all():
+        for shard, position in sorted(first_rows.items()):
+            file, recorded = files[shard]
+            if np.isnan(features[position]).all():
                 found.append((file, f"plain HDF5 readers of {path} read NaN for its rows: the index names it "
-                              f"{recorded[file]}; run `pipeline verify --repair {path}` to record where it is now"))
+                              f"{recorded}; run `pipeline verify --repair {path}` to record where it is now"))
+            elif file != recorded:
+                found.append((file, f"plain HDF5 readers of {path} read {recorded} (a copy this cache does not own) "
+                              f"instead; run `pipeline verify --repair {path}` to record its own file"))
     return found
