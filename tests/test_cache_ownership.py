@@ -166,12 +166,14 @@ def test_a_copy_under_a_new_name_reads_its_own_files_and_outlives_the_original(w
 
 
 def test_verify_checks_each_shard_at_its_stored_rows_and_repair_records_it(world, tmp_path, capsys):
-    a, data = copy_of(world, tmp_path)  # its index names feats.h5.shards, as extracting it there did
-    b, c = tmp_path / "b.h5", tmp_path / "c.h5"
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    assert extract(capsys, data, a, "--shard-rows", "2048")[0] == 0  # one shard; its rows' stamps then stay valid
     a.rename(b)
     for name in EXTRA:  # names that sort first: an incremental commit stores them after the others
         shutil.copy(world["every"] / name, data / name)
-    code, _, err = extract(capsys, data, b)
+    code, _, err = extract(capsys, data, b, "--shard-rows", "8")  # one shard holds them, the first row by path
     assert code == 0, err
     b.rename(c)
     schema.shards_dir(b).rename(schema.shards_dir(c))
