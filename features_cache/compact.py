@@ -10,9 +10,16 @@ import numpy as np
 from features_cache import schema
 from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.lock import exclusive_writer
-from features_cache.reader import FeatureCache
 from features_cache.ownership import Owner
-from features_cache.shards import collect_garbage, file_digest, finish_clean_up, new_shard_path, remove_temporaries, write_shard
+from features_cache.reader import FeatureCache
+from features_cache.shards import (
+    collect_garbage,
+    file_digest,
+    finish_clean_up,
+    new_shard_path,
+    remove_temporaries,
+    write_shard,
+)
 from features_cache.writer import FeatureSource, Row, standalone_bytes, write_cache, write_index
 
 _REWRITTEN = ("schema_version", "complete", "identity", "written_at", "rows_digest", "index_digest")

@@ -97,7 +97,13 @@ def survey(cache_path: str | os.PathLike, listed: set[Path], owner: Owner | None
             continue
         if resolved in foreign:
             result.foreign[path] = foreign[resolved]
-        elif path.name.startswith("segment-") or owner is not None and (found := of_file(path)) and found.cache_id == owner.cache_id and found.generation <= owner.generation:
+        elif (
+            path.name.startswith("segment-")
+            or owner is not None
+            and (found := of_file(path))
+            and found.cache_id == owner.cache_id
+            and found.generation <= owner.generation
+        ):
             result.garbage.append(path)
         else:
             result.orphans.append(path)
@@ -133,8 +139,12 @@ def _recorded_files(index: Path) -> list[str]:
     """The shard and segment files an index's tables name (relative to its folder); none for other HDF5 files."""
     try:
         with h5py.File(index, "r") as f:
-            return [str(name) for group in (schema.SHARDS, schema.SEGMENTS) if group in f
-                    for name in f[group][schema.SHARD_FILES].asstr()[()]]
+            return [
+                str(name)
+                for group in (schema.SHARDS, schema.SEGMENTS)
+                if group in f
+                for name in f[group][schema.SHARD_FILES].asstr()[()]
+            ]
     except (OSError, KeyError, TypeError, ValueError):
         return []
 
@@ -144,14 +154,18 @@ def describe(survey: Survey) -> list[str]:
     lines = []
     if survey.unreferenced():
         files = survey.unreferenced()
-        lines.append(f"{survey.folder}: {len(files)} files ({_bytes(files)} bytes) no index names; "
-                     "the next `pipeline extract` or `pipeline compact` of this cache deletes them or adopts them")
+        lines.append(
+            f"{survey.folder}: {len(files)} files ({_bytes(files)} bytes) no index names; "
+            "the next `pipeline extract` or `pipeline compact` of this cache deletes them or adopts them"
+        )
     by_owner: dict[str, list[Path]] = {}
     for path, other in survey.foreign.items():
         by_owner.setdefault(other, []).append(path)
     for other, files in sorted(by_owner.items()):
-        lines.append(f"{survey.folder}: {len(files)} files ({_bytes(files)} bytes) that {other} reads; "
-                     "left alone (they go when it no longer names them)")
+        lines.append(
+            f"{survey.folder}: {len(files)} files ({_bytes(files)} bytes) that {other} reads; "
+            "left alone (they go when it no longer names them)"
+        )
     return lines
 
 

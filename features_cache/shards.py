@@ -166,17 +166,35 @@ def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
         checkpoint("collecting")
 
 
+def _table(group: h5py.Group, *, with_size: bool) -> list[tuple]:
+    """A shard or segment table as the index digest covers it: (file, rows, [bytes,] digest, id) per entry."""
+    columns = [group[schema.SHARD_FILES].asstr()[()], group[schema.SHARD_ROWS][()]]
+    if with_size:
+        columns.append(group[schema.SHARD_SIZES][()])
+    columns += [group[schema.SHARD_DIGESTS].asstr()[()], group[schema.SHARD_IDS].asstr()[()]]
+    return [(str(row[0]), int(row[1]), *(int(v) if isinstance(v, (int, np.integer)) else str(v) for v in row[2:]))
+            for row in zip(*columns)]
+
+
 def finish_clean_up(cache_path: str | Path) -> None:
     """Delete what a kill left for garbage collection (the index already reads what replaced it), so
-    that the next commit cannot mistake it for rows to adopt; nothing when the index cannot be read."""
-    from features_cache.reader import FeatureCache
+    that the next commit cannot mistake it for rows to adopt; nothing when the index cannot be read.
+    Only the index's tables are read (the files it lists are opened and checked by the run itself)."""
+    from features_cache.reader import locate_shards
 
+    cache_path = Path(cache_path)
     try:
-        with FeatureCache(cache_path) as cache:
-            listed = {file.resolve() for file in [*cache.shard_files, *cache.segment_files]}
-            owner = cache.owner
-    except CacheError:
+        with h5py.File(cache_path, "r") as f:
+            owner = ownership.of_attrs(f.attrs)
+            if owner is None or int(f.attrs.get("schema_version", 0)) != schema.INDEX_VERSION or not f.attrs.get("complete", False):
+                return  # an index without an identity marks no shard as committed: nothing is surely garbage
+            shards, segments = (_table(f[schema.SHARDS], with_size=True), _table(f[schema.SEGMENTS], with_size=False))
+            class_names = [str(name) for name in f[schema.CLASS_NAMES].asstr()[()]]
+            if str(f.attrs.get("index_digest", "")) != schema.index_digest(class_names, shards, segments):
+                return  # a damaged index: its tables cannot say what is garbage
+    except (OSError, KeyError, TypeError, ValueError):
         return
+    listed = {file.resolve() for file in locate_shards(cache_path, [row[0] for row in [*shards, *segments]])[0]}
     for path in ownership.survey(cache_path, listed, owner).garbage:
         path.unlink(missing_ok=True)
         checkpoint("collecting")

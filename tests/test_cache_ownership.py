@@ -28,8 +28,20 @@ from features_cache.reader import FeatureCache
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ["--weights", "none", "--image-size", "32", "--batch-size", "4", "--precision", "float32",
-            "--storage", "float32", "--shard-rows", "2"]
+SETTINGS = [
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--precision",
+    "float32",
+    "--storage",
+    "float32",
+    "--shard-rows",
+    "2",
+]
 EXTRA = ("a/000.jpg", "b/000.jpg", "c/000.jpg")  # held back: names that sort first in their class
 
 
@@ -207,8 +219,9 @@ def test_a_run_that_fails_before_writing_leaves_nothing(world, tmp_path, capsys)
     weights.write_text("not weights\n")
     folder = tmp_path / "cache"
     folder.mkdir()
-    code, _, err = run(capsys, "extract", world["data"], "--cache", folder / "photos.h5", "--weights", weights,
-                       "--image-size", "32")
+    code, _, err = run(
+        capsys, "extract", world["data"], "--cache", folder / "photos.h5", "--weights", weights, "--image-size", "32"
+    )
     assert code != 0 and len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
     assert list(folder.iterdir()) == []
     cache, data = copy_of(world, tmp_path)
@@ -252,8 +265,13 @@ def test_racing_writers_never_hold_one_cache_together_across_removal_and_kills(t
     until = time.time() + 4
 
     def writer() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", WRITER, str(cache), str(marker), str(until)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(cache), str(marker), str(until)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     writers, killed = [writer() for _ in range(4)], 0
     rng = np.random.default_rng(0)
@@ -303,9 +321,16 @@ def test_readers_are_never_refused_or_wrong_while_commits_drop_shards(world, tmp
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps({path: row.reshape(-1)[:8].tolist() for path, row in world["features"].items()}))
     stop = tmp_path / "stop"
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(cache), str(expected), str(stop)],
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, str(cache), str(expected), str(stop)],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         time.sleep(3)  # the readers are importing and reading
         for _ in range(25):
@@ -336,7 +361,11 @@ def test_a_file_where_the_shards_folder_goes_names_fixes_that_work(fix, world, t
     for command in (["info", cache], ["extract", data, "--cache", cache, *SETTINGS]):
         code, _, err = run(capsys, *command)
         assert code != 0 and len(err.strip().splitlines()) == 1, err
-        assert "move the file feats.h5.shards away" in err and "copy the folder feats.h5.shards" in err and "--force" in err
+        assert (
+            "move the file feats.h5.shards away" in err
+            and "copy the folder feats.h5.shards" in err
+            and "--force" in err
+        )
     schema.shards_dir(cache).rename(tmp_path / "moved-away")  # the first half of each fix
     if fix == "copy the folder":
         kept.rename(schema.shards_dir(cache))
@@ -384,9 +413,14 @@ def test_a_missing_shard_and_a_missing_folder_are_fixed_as_the_refusal_says(worl
 @pytest.mark.parametrize("deleted", [1, 2])
 def test_the_next_writer_finishes_an_interrupted_compaction(deleted, world, tmp_path, capsys):
     cache, data = copy_of(world, tmp_path)
-    killed = subprocess.run([sys.executable, "-m", "pipeline", "compact", str(cache)], cwd=REPO, capture_output=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_KILL_AT": f"collecting:{deleted + 1}"},
-                            timeout=300, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "compact", str(cache)],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_KILL_AT": f"collecting:{deleted + 1}"},
+        timeout=300,
+        check=False,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     with FeatureCache(cache) as reader:
         compacted = {file.name for file in reader.shard_files}
@@ -407,16 +441,25 @@ def test_the_next_writer_finishes_an_interrupted_compaction(deleted, world, tmp_
 # ---------------------------------------------------------------- every rename, copy and move the docs promise
 
 
-MOVES = ["moved together", "renamed together", "index renamed alone", "copied together under a new name",
-         "copied together elsewhere"]
+MOVES = [
+    "moved together",
+    "renamed together",
+    "index renamed alone",
+    "copied together under a new name",
+    "copied together elsewhere",
+]
 
 
 @pytest.mark.parametrize("how", MOVES)
 def test_every_promised_rename_copy_and_move_keeps_both_caches_whole(how, world, tmp_path, capsys):
     cache, data = copy_of(world, tmp_path)
-    target = {"moved together": tmp_path / "elsewhere" / "feats.h5", "renamed together": tmp_path / "renamed.h5",
-              "index renamed alone": tmp_path / "renamed.h5", "copied together under a new name": tmp_path / "backup.h5",
-              "copied together elsewhere": tmp_path / "elsewhere" / "feats.h5"}[how]
+    target = {
+        "moved together": tmp_path / "elsewhere" / "feats.h5",
+        "renamed together": tmp_path / "renamed.h5",
+        "index renamed alone": tmp_path / "renamed.h5",
+        "copied together under a new name": tmp_path / "backup.h5",
+        "copied together elsewhere": tmp_path / "elsewhere" / "feats.h5",
+    }[how]
     target.parent.mkdir(exist_ok=True)
     move = how.startswith(("moved", "renamed", "index"))
     (shutil.move if move else shutil.copy2)(cache, target)
@@ -429,7 +472,9 @@ def test_every_promised_rename_copy_and_move_keeps_both_caches_whole(how, world,
         shutil.rmtree(other / "c")
         assert extract(capsys, other, cache)[0] == 0
         caches.append(cache)
-    held = {path: paths_in(other) if path == cache and how == "index renamed alone" else paths_in(data) for path in caches}
+    held = {
+        path: paths_in(other) if path == cache and how == "index renamed alone" else paths_in(data) for path in caches
+    }
     for path in caches:
         code, _, _ = run(capsys, "verify", path)
         if code != 0:  # a copy under a new name: plain readers still read the original's folder until repaired

@@ -16,8 +16,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from features_cache.reader import FeatureCache
     from features_cache.relocate import relocate, unseen
-    from pipeline.commands.info import folder_notes
     from features_cache.verify import damage
+    from pipeline.commands.info import folder_notes
     from pipeline.extraction.views import cached_views, view_cache
 
     problems = damage(args.cache)
