@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from image_factory import make_class_folders
+from legacy_index import rewrite_as_version_2
 
 from features_cache import schema
 from features_cache.reader import FeatureCache
@@ -492,3 +493,29 @@ def test_every_promised_rename_copy_and_move_keeps_both_caches_whole(how, world,
         for each in caches:
             assert run(capsys, "verify", each)[0] == 0
             assert_rows(each, world, held[each])
+
+
+def test_a_cache_written_before_identities_opens_shares_its_folder_and_gets_one(world, tmp_path, capsys):
+    cache, data = copy_of(world, tmp_path)
+    rewrite_as_version_2(cache)  # the layout of releases before segments, and no identity in it
+    with h5py.File(cache, "r+") as f:
+        for name in ("cache_id", "generation"):
+            del f.attrs[name]
+    with FeatureCache(cache) as reader:
+        assert reader.version == schema.SHARDED_VERSION and reader.owner is None
+    old = tmp_path / "legacy.h5"
+    cache.rename(old)
+    other = tmp_path / "other-data"
+    shutil.copytree(data, other)
+    shutil.rmtree(other / "c")
+    assert extract(capsys, other, cache)[0] == 0  # a new cache at its old name, sharing feats.h5.shards
+    assert run(capsys, "verify", old)[0] == 0
+    assert_rows(old, world, paths_in(data))
+    shutil.copy(world["every"] / EXTRA[0], data / EXTRA[0])
+    assert extract(capsys, data, old)[0] == 0
+    assert run(capsys, "compact", old)[0] == 0 and run(capsys, "compact", cache)[0] == 0
+    with FeatureCache(old) as reader:
+        assert reader.version == schema.INDEX_VERSION and reader.owner is not None
+    for path, source in ((old, data), (cache, other)):
+        assert run(capsys, "verify", path)[0] == 0
+        assert_rows(path, world, paths_in(source))
