@@ -25,18 +25,19 @@ KEPT_AS_WRITTEN = ("schema_version", "complete", "identity", "written_at", "rows
 def relocate(path: str | os.PathLike) -> bool:
     """Rewrite the index at ``path`` to name its shards where they are now; False when it already did."""
     path = Path(path)
-    with exclusive_writer(path), FeatureCache(path) as cache:
-        if not cache.relocated:
-            return False
-        folder = path.resolve().parent
-        table = [(os.path.relpath(file, folder), rows, size, digest, shard_id) for file, rows, size, digest, shard_id
-                 in zip(cache.shard_files, cache.shard_rows, cache.shard_sizes, cache.shard_digests, cache.shard_ids)]
-        rows = [Row(record, int(label), str(split), FeatureSource(str(file), index))
-                for record, label, split, (file, index) in zip(cache.records(), cache.labels, cache.splits, cache.sources())]
-        attrs = {k: v for k, v in cache.attrs.items() if k not in KEPT_AS_WRITTEN and not k.startswith("recipe.")}
-        live = write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape, class_names=cache.class_names,
-                           rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table, previous=cache)
-    collect_garbage(path, {folder / name for name, *_ in table} | set(live))
+    with exclusive_writer(path):
+        with FeatureCache(path) as cache:
+            if not cache.relocated:
+                return False
+            folder = path.resolve().parent
+            table = [(os.path.relpath(file, folder), rows, size, digest, shard_id) for file, rows, size, digest, shard_id
+                     in zip(cache.shard_files, cache.shard_rows, cache.shard_sizes, cache.shard_digests, cache.shard_ids)]
+            rows = [Row(record, int(label), str(split), FeatureSource(str(file), index))
+                    for record, label, split, (file, index) in zip(cache.records(), cache.labels, cache.splits, cache.sources())]
+            attrs = {k: v for k, v in cache.attrs.items() if k not in KEPT_AS_WRITTEN and not k.startswith("recipe.")}
+            live = write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape, class_names=cache.class_names,
+                               rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table, previous=cache)
+        collect_garbage(path, {folder / name for name, *_ in table} | set(live))  # under the lock, as every writer
     return True
 
 
