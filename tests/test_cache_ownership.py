@@ -311,6 +311,8 @@ while not os.path.exists(stop):
                 if path not in expected or not np.allclose(row.reshape(-1)[:8], expected[path], rtol=1e-4, atol=1e-5):
                     wrong += 1
         reads += 1
+        if reads == 1:
+            open(stop + "-ready-" + str(os.getpid()), "w").close()
     except CacheError as error:
         refused.append(str(error))
 print(json.dumps({"reads": reads, "refused": refused[:3], "refusals": len(refused), "wrong": wrong}))
@@ -321,7 +323,7 @@ def test_readers_are_never_refused_or_wrong_while_commits_drop_shards(world, tmp
     cache, data = copy_of(world, tmp_path)
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps({path: row.reshape(-1)[:8].tolist() for path, row in world["features"].items()}))
-    stop = tmp_path / "stop"
+    stop, deadline = tmp_path / "stop", time.time() + 60
     readers = [
         subprocess.Popen(
             [sys.executable, "-c", READER, str(cache), str(expected), str(stop)],
@@ -333,13 +335,14 @@ def test_readers_are_never_refused_or_wrong_while_commits_drop_shards(world, tmp
         for _ in range(2)
     ]
     try:
-        time.sleep(3)  # the readers are importing and reading
-        for _ in range(25):
+        while len(list(tmp_path.glob("stop-ready-*"))) < len(readers) and time.time() < deadline:
+            time.sleep(0.05)  # the readers are importing, then reading
+        for _ in range(20):
             assert run(capsys, "compact", cache)[0] == 0
         assert extract(capsys, data, cache, "--force")[0] == 0
         (data / "a" / "img_000.jpg").unlink()
         assert extract(capsys, data, cache)[0] == 0
-        for _ in range(10):
+        for _ in range(5):
             assert run(capsys, "compact", cache)[0] == 0
     finally:
         stop.touch()
