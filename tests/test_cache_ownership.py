@@ -154,25 +154,29 @@ def test_a_new_cache_at_a_renamed_caches_old_name_takes_nothing_from_it(settings
 
 def test_a_copy_under_a_new_name_reads_its_own_files_and_outlives_the_original(world, tmp_path, capsys):
     cache, data = copy_of(world, tmp_path)
-    backup = tmp_path / "backup.h5"
-    shutil.copy2(cache, backup)
-    shutil.copytree(schema.shards_dir(cache), schema.shards_dir(backup))
-    with FeatureCache(backup) as reader:
-        assert {file.parent for file in [*reader.shard_files, *reader.segment_files]} == {schema.shards_dir(backup)}
+    repaired, extended = tmp_path / "backup.h5", tmp_path / "extended.h5"
+    for copy in (repaired, extended):
+        shutil.copy2(cache, copy)
+        shutil.copytree(schema.shards_dir(cache), schema.shards_dir(copy))
+        with FeatureCache(copy) as reader:
+            assert {file.parent for file in [*reader.shard_files, *reader.segment_files]} == {schema.shards_dir(copy)}
     assert run(capsys, "compact", cache)[0] == 0
-    code, _, err = run(capsys, "verify", backup)
+    code, _, err = run(capsys, "verify", repaired)
     assert code == 1 and "run `pipeline verify --repair" in err  # plain readers still read the original's folder
-    assert run(capsys, "verify", "--repair", backup)[0] == 0
-    assert run(capsys, "verify", backup)[0] == 0
-    assert_rows(backup, world, paths_in(data))
-    shutil.copy(world["every"] / EXTRA[0], data / EXTRA[0])  # extend the copy
-    assert extract(capsys, data, backup)[0] == 0
-    with FeatureCache(backup) as reader:
-        assert {file.parent for file in [*reader.shard_files, *reader.segment_files]} == {schema.shards_dir(backup)}
-    cache.unlink()
+    assert run(capsys, "verify", "--repair", repaired)[0] == 0
+    assert run(capsys, "verify", repaired)[0] == 0
+    assert_rows(repaired, world, paths_in(data))
+    grown = tmp_path / "grown-data"
+    shutil.copytree(data, grown)
+    shutil.copy(world["every"] / EXTRA[0], grown / EXTRA[0])
+    assert extract(capsys, grown, extended)[0] == 0  # extend the other copy, unrepaired
+    with FeatureCache(extended) as reader:
+        assert {file.parent for file in [*reader.shard_files, *reader.segment_files]} == {schema.shards_dir(extended)}
+    cache.unlink()  # the original goes
     shutil.rmtree(schema.shards_dir(cache))
-    assert run(capsys, "verify", backup)[0] == 0
-    assert_rows(backup, world, paths_in(data))
+    for copy, source in ((repaired, data), (extended, grown)):
+        assert run(capsys, "verify", copy)[0] == 0
+        assert_rows(copy, world, paths_in(source))
 
 
 # ---------------------------------------------------------------- 3: verify reads rows at their stored position
@@ -451,6 +455,7 @@ MOVES = [
     "index renamed alone",
     "copied together under a new name",
     "copied together elsewhere",
+    "index copied alone",
 ]
 
 
@@ -463,11 +468,12 @@ def test_every_promised_rename_copy_and_move_keeps_both_caches_whole(how, world,
         "index renamed alone": tmp_path / "renamed.h5",
         "copied together under a new name": tmp_path / "backup.h5",
         "copied together elsewhere": tmp_path / "elsewhere" / "feats.h5",
+        "index copied alone": tmp_path / "backup.h5",  # it reads feats.h5.shards, which the original keeps for it
     }[how]
     target.parent.mkdir(exist_ok=True)
-    move = how.startswith(("moved", "renamed", "index"))
+    move = how.startswith(("moved", "renamed", "index renamed"))
     (shutil.move if move else shutil.copy2)(cache, target)
-    if how != "index renamed alone":
+    if not how.startswith("index"):
         (shutil.move if move else shutil.copytree)(schema.shards_dir(cache), schema.shards_dir(target))
     caches = [target] if move else [cache, target]
     if how == "index renamed alone":  # and a new cache takes the old name, in the same folder
@@ -496,6 +502,12 @@ def test_every_promised_rename_copy_and_move_keeps_both_caches_whole(how, world,
         for each in caches:
             assert run(capsys, "verify", each)[0] == 0
             assert_rows(each, world, held[each])
+    for path in caches:  # a last collection on each: nothing any of them reads goes, nothing unread stays
+        assert run(capsys, "compact", path)[0] == 0
+        assert own_unreferenced(capsys, path) == ""
+    for path in caches:
+        assert run(capsys, "verify", path)[0] == 0
+        assert_rows(path, world, held[path])
 
 
 def test_a_cache_written_before_identities_opens_shares_its_folder_and_gets_one(world, tmp_path, capsys):
