@@ -113,8 +113,8 @@ def orphans(
     if force:
         return adopted, rejected
     listed = {file.resolve() for file in [*old.shard_files, *old.segment_files]} if old is not None else set()
-    held = set(zip(old.paths, old.content_columns()[0])) if old is not None else set()
     found = ownership.survey(cache_path, listed, old.owner if old is not None else None)
+    held = set(zip(old.paths, old.content_columns()[0])) if old is not None and found.orphans else set()
     for path in sorted(found.orphans, key=lambda p: p.lstat().st_mtime_ns):
         try:
             shard = open_shard(path, recipe, read_features=True)
