@@ -23,7 +23,9 @@ class FeatureCache:
     not marked complete, or that an interrupted ``extract`` run is still filling. It opens
     every shard the index lists and checks its size and id, so the reader keeps its snapshot:
     a ``compact`` or ``extract`` that deletes those shards later cannot take them away (POSIX
-    keeps an unlinked file readable while it is open). Every read checks each row's checksum.
+    keeps an unlinked file readable while it is open); an open that a commit overtakes (a file
+    the old index listed is already collected) opens the new index instead. Every read checks
+    each row's checksum.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
