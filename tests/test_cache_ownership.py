@@ -248,11 +248,12 @@ while time.time() < until:
             except (FileNotFoundError, ValueError):
                 other = 0
             if other and other != os.getpid():
-                try:
-                    os.kill(other, 0)
+                try:  # a killed holder leaves its marker; it is dead, or a zombie its parent has yet to reap
+                    state = open(f"/proc/{other}/stat").read().rsplit(")", 1)[1].split()[0]
+                except FileNotFoundError:
+                    state = "X"
+                if state not in "ZX":
                     sys.exit(3)  # a live process holds the lock too
-                except ProcessLookupError:
-                    pass  # a killed holder's marker
             with open(marker, "w") as handle:
                 handle.write(str(os.getpid()))
             time.sleep(random.random() / 500)
