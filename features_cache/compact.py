@@ -10,8 +10,16 @@ import numpy as np
 from features_cache import schema
 from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.lock import exclusive_writer
+from features_cache.ownership import Owner
 from features_cache.reader import FeatureCache
-from features_cache.shards import collect_garbage, file_digest, new_shard_path, remove_temporaries, write_shard
+from features_cache.shards import (
+    collect_garbage,
+    file_digest,
+    finish_clean_up,
+    new_shard_path,
+    remove_temporaries,
+    write_shard,
+)
 from features_cache.writer import FeatureSource, Row, standalone_bytes, write_cache, write_index
 
 _REWRITTEN = ("schema_version", "complete", "identity", "written_at", "rows_digest", "index_digest")
@@ -31,7 +39,9 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None, compre
     with exclusive_writer(path):
         remove_temporaries(path.parent, f".{path.name}.tmp-")
         remove_temporaries(schema.shards_dir(path))
+        finish_clean_up(path)
         with FeatureCache(path) as cache:
+            owner = Owner.after(cache.attrs)
             attrs = {k: v for k, v in cache.attrs.items() if k not in _REWRITTEN and not k.startswith("recipe.")}
             labels, splits = cache.labels, cache.splits
             records = cache.records()
@@ -55,12 +65,13 @@ def compact(path: str | os.PathLike, to: str | os.PathLike | None = None, compre
                     stop = min(len(cache), start + ROWS_PER_SHARD)
                     features = cache.features(np.arange(start, stop), dtype=cache.storage_dtype)
                     shard = new_shard_path(path)
-                    shard_id = write_shard(shard, cache.recipe, features, records[start:stop], [], compression)
+                    shard_id = write_shard(shard, cache.recipe, features, records[start:stop], [], compression, owner)
                     written.append(shard)
                     table.append((os.path.relpath(shard.resolve(), folder), stop - start, shard.stat().st_size, file_digest(shard), shard_id))
                     rows += [Row(records[i], int(labels[i]), str(splits[i]), FeatureSource(str(shard), i - start)) for i in range(start, stop)]
                 segments = write_index(path, recipe=cache.recipe, feature_shape=cache.feature_shape,
-                                       class_names=cache.class_names, rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table)
+                                       class_names=cache.class_names, rows=rows, skipped=cache.skipped(), attrs=attrs, shards=table,
+                                       owner=owner)
             except OSError as error:
                 for shard in written:
                     shard.unlink(missing_ok=True)

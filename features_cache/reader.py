@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import halves, integrity, schema
+from features_cache import halves, integrity, ownership, schema
 from features_cache.errors import CacheError, MissingShards
 from features_cache.records import UNKNOWN, FileRecord, FileStamp, SkippedFile
 from features_cache.segments import Columns, SegmentRef, read_segment
@@ -23,13 +23,13 @@ class FeatureCache:
     not marked complete, or that an interrupted ``extract`` run is still filling. It opens
     every shard the index lists and checks its size and id, so the reader keeps its snapshot:
     a ``compact`` or ``extract`` that deletes those shards later cannot take them away (POSIX
-    keeps an unlinked file readable while it is open). Every read checks each row's checksum.
+    keeps an unlinked file readable while it is open); an open that a commit overtakes (a file
+    the old index listed is already collected) opens the new index instead. Every read checks
+    each row's checksum.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._shards: list[h5py.File] = []
-        self._checksums: list[np.ndarray | None] = []
         if not self.path.exists():
             raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`")
         if self.path.is_dir():
@@ -38,9 +38,25 @@ class FeatureCache:
                 f"{self.path}: is a folder, not a feature cache; make a cache of its images with "
                 f"`python -m pipeline extract {self.path} --cache {made}` and pass {made}"
             )
+        for attempt in range(_RETRIES):
+            opened = _stamp(self.path)
+            try:
+                self._open_file()
+                return
+            except CacheError:
+                # a commit replaced the index while it was being opened and collected files the old one
+                # listed: read the new one (each retry means another commit finished meanwhile)
+                if attempt + 1 == _RETRIES or _stamp(self.path) == opened:
+                    raise
+
+    def _open_file(self) -> None:
+        self._shards: list[h5py.File] = []
+        self._checksums: list[np.ndarray | None] = []
         try:
             self._file = h5py.File(self.path, "r")
         except OSError:
+            if not self.path.exists():
+                raise CacheError(f"{self.path}: no such cache; create it with `python -m pipeline extract DATA --cache {self.path}`") from None
             raise CacheError(f"{self.path}: not a readable HDF5 feature cache; run `pipeline extract` again to rebuild it from its shards, or with --force to start over") from None
         try:
             self._open()
@@ -58,6 +74,7 @@ class FeatureCache:
         self.version = int(attrs["schema_version"])
         self.recipe = schema.Recipe.from_attrs(attrs)
         self.identity = str(attrs["identity"])
+        self.owner = ownership.of_attrs(attrs)
         self.attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in attrs.items()}
         self.class_names = [str(name) for name in self._file[schema.CLASS_NAMES].asstr()[()]]
         self._features = self._file[schema.FEATURES]
@@ -172,6 +189,12 @@ class FeatureCache:
         stamps = [(r.stamp.file_size, r.stamp.file_mtime_ns, r.stamp.inode, r.stamp.ctime_ns) for r in records]
         return [r.content_hash for r in records], np.array(stamps, dtype=np.int64).reshape(len(records), 4)
 
+    def storage_order(self) -> np.ndarray:
+        """Per row of the index's datasets as stored (what plain HDF5 readers see), its row in this reader's order."""
+        if not self._segments:
+            return np.arange(len(self), dtype=np.int64)
+        return np.concatenate([positions for _, positions in self._segments]).astype(np.int64)
+
     def segment_rows(self) -> list[tuple[SegmentRef, np.ndarray]]:
         """Per segment (version 3), its rows' positions in this reader's order: what a commit may keep."""
         return list(self._segments)
@@ -195,9 +218,10 @@ class FeatureCache:
         """Open every listed shard now, checking its size and, where the index recorded one, its id."""
         for folder in sorted({file.parent for file in self.shard_files}):
             if not folder.is_dir():
+                clear = f"move the file {folder.name} away (it is not part of the cache), then " if folder.exists() else ""
                 raise MissingShards(
                     f"{folder}: the shards folder of {self.path} is {'not a folder' if folder.exists() else 'missing'}; "
-                    f"copy the folder {folder.name} from where the index came from, beside it (the two move together), "
+                    f"{clear}copy the folder {folder.name} from where the index came from, beside it (the two move together), "
                     "or run `pipeline extract --force` to extract every image again"
                 )
         _allow_open_files(len(self.shard_files))
@@ -365,19 +389,34 @@ def _finite(block: np.ndarray) -> bool:
 
 
 def locate_shards(index: Path, recorded: list[str]) -> tuple[list[Path], bool]:
-    """Where the shards the index lists are now, and whether that is not where it recorded them.
+    """Where the files the index lists are now, and whether that is not where it recorded them.
 
-    Recorded paths are relative to the index's folder, so a moved folder (index and shards
-    together) reads as it is, and so does an index renamed alone (its shards folder keeps
-    the old name). When a recorded shards folder is missing but the folder named after the
-    index as it is called now is there (both renamed together), the shards are looked for
-    there; the next commit records that folder, so plain HDF5 readers find them again.
+    Recorded paths are relative to the index's folder (where plain HDF5 readers look). A file
+    of the same name in the folder named after the index as it is called now is preferred: a
+    copy (``b.h5`` and ``b.h5.shards``) reads its own files, never the original's, and a cache
+    renamed with its folder reads at once. Otherwise the recorded path is used, so an index
+    renamed alone reads the folder of its old name. The next commit records what was found,
+    so plain HDF5 readers read the same files; opening checks each file's id against the index.
     """
     folder = index.resolve().parent
-    files = [folder / name for name in recorded]
-    current = schema.shards_dir(index.resolve())
-    moved = {parent for parent in {file.parent for file in files} if not parent.is_dir() and current.is_dir()}
-    return [current / file.name if file.parent in moved else file for file in files], bool(moved)
+    own = schema.shards_dir(index.resolve())
+    files = []
+    for name in recorded:
+        mine = own / Path(name).name
+        files.append(mine if mine.is_file() else folder / name)
+    return files, any(file != folder / name for file, name in zip(files, recorded))
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a commit replaces the index: its inode, mtime and size (None: not there)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+_RETRIES = 8
 
 
 def _allow_open_files(count: int) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import schema
+from features_cache import ownership, schema
 from features_cache.atomic import atomic_h5, write_strings
 from features_cache.records import UNKNOWN
 
@@ -111,7 +111,7 @@ def column_dtypes(width: int) -> dict[str, np.dtype]:
     }
 
 
-def write_segment(path: Path, columns: Columns, class_names: Sequence[str], width: int) -> SegmentRef:
+def write_segment(path: Path, columns: Columns, class_names: Sequence[str], width: int, owner: ownership.Owner | None = None) -> SegmentRef:
     """Write one segment atomically (built in memory, one write, fsync, rename) and return how the index lists it."""
     segment_id, digest = uuid.uuid4().hex, columns.digest(class_names)
     data = {
@@ -131,6 +131,8 @@ def write_segment(path: Path, columns: Columns, class_names: Sequence[str], widt
         f.attrs[SEGMENT_ID] = segment_id
         f.attrs["rows_digest"] = digest
         f.attrs["schema_version"] = schema.INDEX_VERSION
+        if owner is not None:
+            owner.stamp(f.attrs)
     return SegmentRef(path, segment_id, len(columns.paths), digest)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features_cache import integrity, schema
+from features_cache import integrity, ownership, schema
 from features_cache.errors import CacheError
 from features_cache.faults import checkpoint
 from features_cache.reader import read_records, read_skipped
@@ -56,13 +56,14 @@ def file_digest(path: str | Path) -> str:
 
 def write_shard(
     path: Path, recipe: schema.Recipe, features: np.ndarray, records: Sequence[FileRecord], skipped: Sequence[SkippedFile],
-    compression: str = "none",
+    compression: str = "none", owner: ownership.Owner | None = None,
 ) -> str:
     """Write one shard atomically and return its new random id; features carry a fletcher32
     checksum per chunk and a checksum per row (which chunk is which row).
 
     Chunks hold whole images and tile the rows exactly (no padding). ``compression`` (``none``
-    or ``gzip``) is recorded in the shard: shards of both kinds mix freely in one cache.
+    or ``gzip``) is recorded in the shard: shards of both kinds mix freely in one cache. ``owner``
+    is the cache and commit it is written for (see :mod:`features_cache.ownership`).
     """
     stored = np.asarray(features, dtype=np.dtype(recipe.storage_dtype))
     shard_id = integrity.new_id()
@@ -70,6 +71,8 @@ def write_shard(
         f.create_dataset(schema.ROW_CHECKSUM, data=integrity.row_checksums(stored))
         f.attrs[schema.SHARD_ID] = shard_id
         f.attrs[schema.COMPRESSION] = compression
+        if owner is not None:
+            owner.stamp(f.attrs)
         write_rows(f, schema.FEATURES, stored, compression)
         write_records(f, records)
         write_skipped(f, skipped)
@@ -156,8 +159,42 @@ def strays(cache_path: str | Path) -> list[Path]:
 
 
 def collect_garbage(cache_path: str | Path, live: set[Path]) -> None:
-    """Delete shards and segments the committed index no longer lists; run only after the index is durable."""
-    for path in [*shard_files(cache_path), *segment_files(cache_path)]:
-        if path.resolve() not in live:
-            path.unlink(missing_ok=True)
-            checkpoint("collecting")
+    """Delete the shards and segments of ``CACHE.shards`` that the committed index no longer lists
+    (``live``, resolved), except those another index beside it names; run only after the index is durable."""
+    for path in ownership.survey(cache_path, live, None).unreferenced():
+        path.unlink(missing_ok=True)
+        checkpoint("collecting")
+
+
+def _table(group: h5py.Group, *, with_size: bool) -> list[tuple]:
+    """A shard or segment table as the index digest covers it: (file, rows, [bytes,] digest, id) per entry."""
+    columns = [group[schema.SHARD_FILES].asstr()[()], group[schema.SHARD_ROWS][()]]
+    if with_size:
+        columns.append(group[schema.SHARD_SIZES][()])
+    columns += [group[schema.SHARD_DIGESTS].asstr()[()], group[schema.SHARD_IDS].asstr()[()]]
+    return [(str(row[0]), int(row[1]), *(int(v) if isinstance(v, (int, np.integer)) else str(v) for v in row[2:]))
+            for row in zip(*columns)]
+
+
+def finish_clean_up(cache_path: str | Path) -> None:
+    """Delete what a kill left for garbage collection (the index already reads what replaced it), so
+    that the next commit cannot mistake it for rows to adopt; nothing when the index cannot be read.
+    Only the index's tables are read (the files it lists are opened and checked by the run itself)."""
+    from features_cache.reader import locate_shards
+
+    cache_path = Path(cache_path)
+    try:
+        with h5py.File(cache_path, "r") as f:
+            owner = ownership.of_attrs(f.attrs)
+            if owner is None or int(f.attrs.get("schema_version", 0)) != schema.INDEX_VERSION or not f.attrs.get("complete", False):
+                return  # an index without an identity marks no shard as committed: nothing is surely garbage
+            shards, segments = (_table(f[schema.SHARDS], with_size=True), _table(f[schema.SEGMENTS], with_size=False))
+            class_names = [str(name) for name in f[schema.CLASS_NAMES].asstr()[()]]
+            if str(f.attrs.get("index_digest", "")) != schema.index_digest(class_names, shards, segments):
+                return  # a damaged index: its tables cannot say what is garbage
+    except (OSError, KeyError, TypeError, ValueError):
+        return
+    listed = {file.resolve() for file in locate_shards(cache_path, [row[0] for row in [*shards, *segments]])[0]}
+    for path in ownership.survey(cache_path, listed, owner).garbage:
+        path.unlink(missing_ok=True)
+        checkpoint("collecting")

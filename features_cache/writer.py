@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from features_cache import integrity, schema, segments
+from features_cache import integrity, ownership, schema, segments
 from features_cache.atomic import atomic_h5, temporary_path, write_strings
 from features_cache.records import FileRecord, FileStamp, SkippedFile
 
@@ -135,6 +135,7 @@ def write_index(
     attrs: dict[str, object],
     shards: Sequence[tuple[str, int, int, str, str]],
     previous: FeatureCache | None = None,
+    owner: ownership.Owner | None = None,
 ) -> list[Path]:
     """Write the index: new segments for the rows ``previous`` has no unchanged segment of, then
     the index itself (tables, class names, skips and the virtual datasets); returns every
@@ -143,8 +144,12 @@ def write_index(
     ``shards`` lists ``(file relative to the index's folder, rows, bytes, digest, id)``; every
     row's source file must be one of them. A commit adding 1% of rows to a large cache writes
     about 1% of its row metadata, plus an index of the size of its shard and segment tables.
+    ``owner`` is the cache's identity at this commit: by default the next generation of ``previous``'s
+    (a new identity without one).
     """
     path = Path(path)
+    if owner is None:
+        owner = ownership.Owner.after(previous.attrs) if previous is not None else ownership.Owner.new()
     number = {name: i for i, (name, *_rest) in enumerate(shards)}
     folder = path.parent.resolve()
     relative: dict[str, str] = {}
@@ -161,7 +166,7 @@ def write_index(
     for ref, positions in segments.plan_segments(kept, fresh):
         if ref is None:
             columns = segments.columns_of([rows[i] for i in positions], [names[i] for i in positions])
-            ref = segments.write_segment(segments.new_segment_path(path), columns, class_names, width)
+            ref = segments.write_segment(segments.new_segment_path(path), columns, class_names, width, owner)
         listed.append((ref, positions))
     storage = np.concatenate([positions for _, positions in listed]).astype(np.int64) if listed else np.zeros(0, np.int64)
     segment_table = [(os.path.relpath(ref.file.resolve(), folder), ref.rows, ref.digest, ref.segment_id) for ref, _ in listed]
@@ -179,6 +184,7 @@ def write_index(
         write_strings(table, schema.SHARD_IDS, [s[3] for s in segment_table])
         f.attrs["index_digest"] = schema.index_digest(list(class_names), shards, segment_table)
         f.attrs["schema_version"] = schema.INDEX_VERSION
+        owner.stamp(f.attrs)
         f.attrs["complete"] = np.int8(1)
     return [ref.file.resolve() for ref, _ in listed]
 

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         from features_cache.reader import FeatureCache
 
         with FeatureCache(args.cache) as cache:  # the views are made exactly as the original, only their pixels differ
-            options = dataclasses.replace(options, precision=cache.recipe.precision, force=False)
+            options = dataclasses.replace(options, precision=cache.recipe.precision)  # --force rebuilds every view too
             if args.views_of == "train":
                 options = dataclasses.replace(options, only=_training_paths(cache, args.split))
     for view in views:  # each view is a cache of its own, incremental and resumable like the original

@@ -78,9 +78,13 @@ def _print_storage(cache: FeatureCache) -> None:
     segments = f", {len(cache.segment_files)} segments of row metadata" if cache.version == schema.INDEX_VERSION else ""
     console.print(f"  {len(cache.shard_files)} shards ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}){segments}")
     if cache.relocated:
+        folder = cache.path.resolve().parent
+        found, recorded = next(((file, Path(name)) for file, name in zip(cache.shard_files, cache.recorded_files)
+                                if file != folder / name), (cache.shard_files[0], Path(cache.recorded_files[0])))
+        see = f"read the copies in {recorded.parent}" if (folder / recorded).is_file() else "see NaN rows"
         console.print(
-            f"  shards found in {cache.shard_files[0].parent} (the index names {Path(cache.recorded_files[0]).parent}): "
-            f"plain HDF5 readers see NaN rows until `pipeline verify --repair {cache.path}` records where they are"
+            f"  shards found in {found.parent} (the index names {recorded.parent}): "
+            f"plain HDF5 readers {see} until `pipeline verify --repair {cache.path}` records where they are"
         )
     if cache.disk_bytes > LARGE_CACHE_BYTES and kinds.get("gzip", 0) < len(cache.shard_files):
         console.print(

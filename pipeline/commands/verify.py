@@ -14,8 +14,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from features_cache.reader import FeatureCache
     from features_cache.relocate import relocate, unseen
     from features_cache.verify import damage
+    from pipeline.commands.info import folder_notes
     from pipeline.extraction.views import cached_views, view_cache
 
     problems = damage(args.cache)
@@ -34,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if not problems and not moved:
         views = cached_views(args.cache)
         print(f"{args.cache}: ok" + (f" (and its views {', '.join(views)})" if views else ""))
+        with FeatureCache(args.cache) as cache:
+            for line in folder_notes(cache):
+                print(line)
         return 0
     if moved:
         print(f"{args.cache}: {len(moved)} shards not found by plain HDF5 readers; run `pipeline verify --repair` to record where they are", file=sys.stderr)

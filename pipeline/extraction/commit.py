@@ -14,6 +14,7 @@ import numpy as np
 
 from features_cache import integrity, schema
 from features_cache.errors import index_bytes, no_space, shard_bytes
+from features_cache.ownership import Owner
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
@@ -57,15 +58,19 @@ def commit(
     known: list[Shard],
     attrs: dict,
     versions: dict | None = None,
+    owner: Owner | None = None,
 ) -> set[Path]:
     """Write the new index atomically; returns the shard and segment files it lists (for garbage collection).
 
     ``versions`` are the libraries the features were made with: this process's by default, the
-    old index's for a commit that built no model (importing Keras to ask would cost seconds)."""
+    old index's for a commit that built no model (importing Keras to ask would cost seconds).
+    ``owner`` is the identity the run's shards were written for (by default the next of ``old``'s)."""
+    if owner is None:
+        owner = Owner.after(old.attrs) if old is not None else Owner.new()
     shards = {shard.path.resolve() for shard in known}
     if old is not None and old.version in schema.SHARDED_VERSIONS:
         shards |= {file.resolve() for file in old.shard_files}
-    rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape, shards)
+    rows, upgraded = _into_shards(cache_path, recipe, rows, feature_shape, shards, owner)
     table = _shard_table(cache_path, rows, old, [*known, *upgraded])
     attrs = {
         "data_root": str(dataset.root),
@@ -76,7 +81,7 @@ def commit(
     }
     try:
         segments = write_index(cache_path, recipe=recipe, feature_shape=feature_shape, class_names=class_names,
-                               rows=rows, skipped=skipped, attrs=attrs, shards=table, previous=old)
+                               rows=rows, skipped=skipped, attrs=attrs, shards=table, previous=old, owner=owner)
     except OSError as error:
         raise PipelineError(str(no_space(cache_path.parent, index_bytes(len(rows)), error))) from None
     return {cache_path.parent.resolve() / name for name, *_ in table} | set(segments)
@@ -88,6 +93,7 @@ def _now() -> str:
 
 def _into_shards(
     cache_path: Path, recipe: schema.Recipe, rows: list[Row], feature_shape: tuple[int, ...], shards: set[Path],
+    owner: Owner | None = None,
 ) -> tuple[list[Row], list[Shard]]:
     """Copy rows whose features are in no shard (those of a version-1 cache being upgraded) into
     new shards; returns the rows and the shards written. ``shards`` are the shard files known
@@ -109,7 +115,7 @@ def _into_shards(
             path = new_shard_path(cache_path)
             records = [rows[i].record for i in part]
             try:
-                shard_id = write_shard(path, recipe, features, records, [])
+                shard_id = write_shard(path, recipe, features, records, [], owner=owner)
             except OSError as error:
                 rest = len(outside) - start
                 needed = shard_bytes(rest, features.nbytes // len(part), 64 * rest) + (rest // per_shard + 1) * (32 << 10) + index_bytes(len(rows))

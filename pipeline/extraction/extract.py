@@ -15,13 +15,14 @@ import dataclasses
 import time
 from pathlib import Path
 
-from features_cache import schema
+from features_cache import ownership, schema
 from features_cache.errors import CacheError
 from features_cache.faults import checkpoint
 from features_cache.lock import exclusive_writer
+from features_cache.ownership import Owner
 from features_cache.reader import FeatureCache
 from features_cache.records import SkippedFile
-from features_cache.shards import Shard, collect_garbage, remove_temporaries, shard_files
+from features_cache.shards import Shard, collect_garbage, finish_clean_up, remove_temporaries
 from pipeline.errors import PipelineError
 from pipeline.extraction import plan as planning
 from pipeline.extraction.commit import commit, index_rows, unchanged
@@ -77,10 +78,21 @@ def run_extract(options: ExtractOptions) -> ExtractReport:
     try:
         with exclusive_writer(options.cache):
             cache_path = Path(options.cache)  # under the lock every temporary file's writer is dead
-            remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
-            remove_temporaries(schema.shards_dir(cache_path))
-            planning.list_strays(cache_path)
-            report = _without_model(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
+            folder = schema.shards_dir(cache_path)
+            if folder.exists() and not folder.is_dir():
+                rest = (f"copy the folder {folder.name} from where the index came from, beside it (the two move together), "
+                        "or run `pipeline extract --force` to extract every image again"
+                        if cache_path.exists() and not options.force else "run the same command again")
+                raise PipelineError(f"{folder}: the shards folder of {cache_path} is not a folder; "
+                                    f"move the file {folder.name} away (it is not part of the cache), then {rest}")
+            try:
+                remove_temporaries(cache_path.parent, f".{cache_path.name}.tmp-")
+                remove_temporaries(folder)
+                finish_clean_up(cache_path)
+                planning.list_strays(cache_path)
+                report = _without_model(options, dataset, spec, request, started) or _update(options, dataset, spec, request, started)
+            finally:
+                _remove_if_empty(cache_path)
             return dataclasses.replace(report, reading=dataset.reading)
     except CacheError as error:
         raise PipelineError(str(error)) from None
@@ -103,8 +115,8 @@ def _without_model(
     with cache:
         if cache.attrs.get("request") != request:
             return None
-        live = {file.resolve() for file in cache.shard_files}
-        if cache.version != schema.INDEX_VERSION or any(p.resolve() not in live for p in shard_files(path)):
+        listed = {file.resolve() for file in [*cache.shard_files, *cache.segment_files]}
+        if cache.version != schema.INDEX_VERSION or ownership.survey(path, listed, cache.owner).orphans:
             return None
         planned = planning.plan(dataset, cache, [], skip_conditions(spec))
         class_names, rows = index_rows(dataset, planned.ready)
@@ -150,15 +162,15 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         view=describe(options.view) if options.view else "",
     )
     old = planning.open_existing(options, recipe)
+    owner = Owner.after(old.attrs) if old is not None else Owner.new()
     live: set[Path] = set()
     try:
-        adopted, rejected = planning.orphans(cache_path, {f.resolve() for f in old.shard_files} if old else set(), recipe, options.force,
-                                   options.keep_orphans)
+        adopted, rejected = planning.orphans(cache_path, old, recipe, options.force, options.keep_orphans)
         planned = planning.plan(dataset, old, adopted, skip_conditions(spec))
         checkpoint("planned")
         if old is not None:
             planning.check_drop(options, dataset, old, planned)
-        new, extract_seconds = _extract(backbone, planned, spec, options, recipe)
+        new, extract_seconds = _extract(backbone, planned, spec, options, recipe, owner)
         planned.add_new_shards(new)
         class_names, rows = index_rows(dataset, planned.ready)
         skipped = _skipped_in_order(dataset, planned)
@@ -176,7 +188,7 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
         if written:
             tf32 = {True: "allowed", False: "off", None: "not applicable (CPU)"}[tf32_allowed()]
             live = commit(cache_path, recipe, backbone.feature_shape, dataset, class_names, rows, skipped, old,
-                          [*adopted, *new], {"request": request, "tf32": tf32})
+                          [*adopted, *new], {"request": request, "tf32": tf32}, owner=owner)
     finally:
         if old is not None:
             old.close()
@@ -191,17 +203,27 @@ def _update(options: ExtractOptions, dataset: Dataset, spec: ResizeSpec, request
     return dataclasses.replace(report, notes=tuple(notes), model_seconds=model_seconds)
 
 
-def _extract(backbone, planned: planning.Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe) -> tuple[list[Shard], float]:
-    """The planned images through the chosen engine into new shards (none when nothing is to do)."""
+def _extract(
+    backbone, planned: planning.Plan, spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, owner: Owner,
+) -> tuple[list[Shard], float]:
+    """The planned images through the chosen engine into new shards written for ``owner`` (none when nothing is to do)."""
     if not planned.todo:
         return [], 0.0
     if options.engine == "ray":
         from pipeline.extraction.ray_engine import extract_on_ray
 
-        return extract_on_ray(backbone, planned.todo, spec, options, recipe)
+        return extract_on_ray(backbone, planned.todo, spec, options, recipe, owner)
     from pipeline.extraction.local_engine import extract_locally
 
-    return extract_locally(backbone, planned.todo, spec, options, recipe, index_rows=len(planned.ready) + len(planned.todo))
+    return extract_locally(backbone, planned.todo, spec, options, recipe, index_rows=len(planned.ready) + len(planned.todo),
+                           owner=owner)
+
+
+def _remove_if_empty(cache_path: Path) -> None:
+    """A run that wrote nothing leaves nothing: the shards folder it made for a cache that has no index goes."""
+    folder = schema.shards_dir(cache_path)
+    if not cache_path.exists() and folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _skipped_in_order(dataset: Dataset, planned: planning.Plan) -> list[SkippedFile]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features_cache import schema
+from features_cache.ownership import Owner
 from features_cache.shards import Shard
 from pipeline import progress
 from pipeline.extraction.images import ResizeSpec
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def extract_locally(
     backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe,
-    index_rows: int = 0,
+    index_rows: int = 0, owner: Owner | None = None,
 ) -> tuple[list[Shard], float]:
     """Run the model over ``todo`` into new shards; returns them and the seconds it took.
 
@@ -30,7 +31,7 @@ def extract_locally(
     started = time.perf_counter()
     writer = ShardWriter(Path(options.cache), recipe, backbone.feature_shape, backbone.to_numpy,
                          remaining_rows=len(todo), index_rows=index_rows, shard_rows=options.shard_rows,
-                         compression=options.compression)
+                         compression=options.compression, owner=owner)
     schema.shards_dir(options.cache).mkdir(exist_ok=True)
     backbone.expect(len(todo))
     if recipe.decoder == schema.PILLOW:

@@ -25,11 +25,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from features_cache import schema
+import h5py
+
+from features_cache import ownership, schema
 from features_cache.errors import CacheError, MissingShards
 from features_cache.reader import FeatureCache
 from features_cache.records import FileRecord, FileStamp, SkippedFile, file_content_hash
-from features_cache.shards import Shard, open_shard, shard_files, strays
+from features_cache.shards import Shard, open_shard, strays
 from features_cache.writer import FeatureSource
 from pipeline.errors import PipelineError
 from pipeline.extraction.loader import LoadTask
@@ -77,7 +79,7 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
     except MissingShards as error:
         raise PipelineError(str(error)) from None
     except CacheError as error:
-        if any(schema.shards_dir(path).glob("shard-*.h5")):
+        if any(schema.shards_dir(path).glob("shard-*.h5")) or _an_index(path):
             print(f"{error}; rebuilding the index from the shards that verify", file=sys.stderr)
             return None
         raise PipelineError(f"{path}: exists but is not a readable feature cache; remove it or pass --force to overwrite it") from None
@@ -90,20 +92,41 @@ def open_existing(options: ExtractOptions, recipe: schema.Recipe) -> FeatureCach
     return old
 
 
-def orphans(cache_path: Path, live: set[Path], recipe: schema.Recipe, force: bool, keep: bool = False) -> tuple[list[Shard], list[Path]]:
-    """Shards no index lists (left by an interrupted run): verified and adopted, or reported and
-    returned as rejected, for the caller to delete with the garbage (kept with ``keep``, i.e.
-    ``--keep-orphans``). No index refers to them, so readers lose nothing."""
+def _an_index(path: Path) -> bool:
+    """Whether ``path`` is an index whose files are gone or damaged (not some other file): the next run rebuilds it."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs.get("schema_version", 0)) in schema.SHARDED_VERSIONS and schema.SHARDS in f
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def orphans(
+    cache_path: Path, old: FeatureCache | None, recipe: schema.Recipe, force: bool, keep: bool = False,
+) -> tuple[list[Shard], list[Path]]:
+    """Shards of this cache that no index lists and no commit vouches for (left by an interrupted run):
+    verified and adopted, or reported and returned as rejected, for the caller to delete with the
+    garbage (kept with ``keep``, i.e. ``--keep-orphans``). No index refers to them, so readers lose
+    nothing; files another index beside it names are not this cache's (:mod:`features_cache.ownership`).
+    A shard whose every row the index already holds is garbage, not an orphan: returned as rejected."""
     adopted, rejected = [], []
-    for path in sorted(shard_files(cache_path), key=lambda p: p.lstat().st_mtime_ns):
-        if path.resolve() in live or force:
-            continue
+    if force:
+        return adopted, rejected
+    listed = {file.resolve() for file in [*old.shard_files, *old.segment_files]} if old is not None else set()
+    found = ownership.survey(cache_path, listed, old.owner if old is not None else None)
+    held = set(zip(old.paths, old.content_columns()[0])) if old is not None and found.orphans else set()
+    for path in sorted(found.orphans, key=lambda p: p.lstat().st_mtime_ns):
         try:
-            adopted.append(open_shard(path, recipe, read_features=True))
+            shard = open_shard(path, recipe, read_features=True)
         except ValueError as error:
             rejected.append(path)
             fate = "kept (--keep-orphans)" if keep else "deleted, any of its images still in the data are extracted again"
             print(f"{path}: not adopted ({error}); {fate}", file=sys.stderr)
+            continue
+        if shard.records and not shard.skipped and {(r.path, r.content_hash) for r in shard.records} <= held:
+            rejected.append(path)  # a clean-up a kill interrupted: the index already reads these rows elsewhere
+        else:
+            adopted.append(shard)
     return adopted, rejected
 
 

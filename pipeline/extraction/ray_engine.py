@@ -34,6 +34,7 @@ import numpy as np
 
 from features_cache import integrity, schema
 from features_cache.faults import checkpoint
+from features_cache.ownership import Owner
 from features_cache.records import FileRecord, SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
 from pipeline import progress
@@ -98,7 +99,8 @@ class FeatureActor:
     """A Ray Data actor holding the backbone; one fixed-shape batch in, one shard (or its features) out."""
 
     def __init__(
-        self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str, compression: str = "none"
+        self, build: dict, recipe: dict, cache: str, batch_size: int, write_shards: str, token: str, compression: str = "none",
+        owner: tuple[str, int] | None = None,
     ) -> None:
         from pipeline.extraction.backbones import build_backbone
 
@@ -113,6 +115,7 @@ class FeatureActor:
         self.batch_size = batch_size
         self.writes = write_shards == "workers" or (write_shards == "auto" and _sees_token(self.cache, token))
         self.compression = compression
+        self.owner = Owner(*owner) if owner else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outcomes = [pickle.loads(item) for item in batch["outcome"]]
@@ -122,7 +125,7 @@ class FeatureActor:
         features = self._features(batch["pixels"][readable], records)
         if self.writes:  # the shard's facts go with its name, so the driver need not read it back
             path = new_shard_path(self.cache)
-            shard_id = write_shard(path, self.recipe, features, records, skipped, self.compression)
+            shard_id = write_shard(path, self.recipe, features, records, skipped, self.compression, self.owner)
             facts = ShardFacts(path.stat().st_size, file_digest(path), shard_id, len(records))
             shard, payload = str(path), pickle.dumps((facts, records, skipped))
         else:
@@ -155,9 +158,10 @@ def _sees_token(cache: Path, token: str) -> bool:
 
 
 def extract_on_ray(
-    backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe
+    backbone: Backbone, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe,
+    owner: Owner | None = None,
 ) -> tuple[list[Shard], float]:
-    """Run ``todo`` through Ray Data into shards; returns them (verified) and the seconds it took."""
+    """Run ``todo`` through Ray Data into shards written for ``owner``; returns them (verified) and the seconds it took."""
     ray = import_ray()
     started = time.perf_counter()
     cache = Path(options.cache)
@@ -166,11 +170,11 @@ def extract_on_ray(
     token = secrets.token_hex(16)
     probe = folder / f"{PROBE_PREFIX}{token}"
     probe.write_text(token)
-    writer = ShardWriter(cache, recipe, backbone.feature_shape, np.asarray)
+    writer = ShardWriter(cache, recipe, backbone.feature_shape, np.asarray, owner=owner)
     adopted: list[Shard] = []
     try:
         with _cluster(ray, options):
-            outputs = _dataset(ray, todo, spec, options, recipe, token).iter_batches(batch_size=None, batch_format="numpy")
+            outputs = _dataset(ray, todo, spec, options, recipe, token, owner).iter_batches(batch_size=None, batch_format="numpy")
             with progress.bar("extracting on ray", total=len(todo)) as advance, _worker_errors(ray):
                 for block in outputs:
                     for shard, payload, files in zip(block["shard"], block["payload"], block["files"]):
@@ -187,7 +191,8 @@ def extract_on_ray(
     return adopted + writer.written, time.perf_counter() - started
 
 
-def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, token: str):
+def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOptions, recipe: schema.Recipe, token: str,
+             owner: Owner | None = None):
     items = [{"path": task.path, "absolute": task.absolute} for task in todo]
     workers = min(options.workers or 1, math.ceil(len(items) / options.batch_size))  # no idle actors on small jobs
     blocks = min(math.ceil(len(items) / options.batch_size), MAX_BLOCKS)  # a batch per block, to MAX_BLOCKS
@@ -199,7 +204,7 @@ def _dataset(ray, todo: list[LoadTask], spec: ResizeSpec, options: ExtractOption
     actor = {
         "build": build, "recipe": recipe.to_attrs(), "cache": str(Path(options.cache).resolve()),
         "batch_size": options.batch_size, "write_shards": options.write_shards, "token": token,
-        "compression": options.compression,
+        "compression": options.compression, "owner": (owner.cache_id, owner.generation) if owner else None,
     }
     return (
         ray.data.from_items(items, override_num_blocks=blocks)

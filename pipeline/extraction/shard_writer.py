@@ -14,6 +14,7 @@ import numpy as np
 from features_cache import schema
 from features_cache.errors import index_bytes, no_space, shard_bytes
 from features_cache.faults import checkpoint
+from features_cache.ownership import Owner
 from features_cache.records import FileRecord, SkippedFile
 from features_cache.shards import Shard, file_digest, new_shard_path, write_shard
 from pipeline.errors import PipelineError
@@ -45,7 +46,7 @@ class ShardWriter:
     def __init__(
         self, cache_path: Path, recipe: schema.Recipe, feature_shape: tuple[int, ...], to_numpy: Callable[[object], np.ndarray],
         *, remaining_rows: int = 0, index_rows: int = 0, shard_rows: int = SHARD_ROWS, shard_seconds: float = SHARD_SECONDS,
-        compression: str = "none",
+        compression: str = "none", owner: Owner | None = None,
     ) -> None:
         """``remaining_rows`` (images still to write) and ``index_rows`` (rows of the index to
         commit) size the "free N MB" of a full disk: what the rest of the job needs, not one batch."""
@@ -56,6 +57,7 @@ class ShardWriter:
         self._shard_rows = max(1, shard_rows)
         self._shard_seconds = shard_seconds
         self._compression = compression
+        self._owner = owner
         self.written: list[Shard] = []
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -103,7 +105,7 @@ class ShardWriter:
         self._gathered = []
         self._needed = self._rest_of_job(host, records, skipped)
         path = new_shard_path(self._cache_path)
-        shard_id = write_shard(path, self._recipe, host, records, skipped, self._compression)
+        shard_id = write_shard(path, self._recipe, host, records, skipped, self._compression, self._owner)
         self._remaining -= len(records) + len(skipped)
         self.written.append(Shard(path, path.stat().st_size, file_digest(path), records, skipped, shard_id))
         checkpoint("shard-written")
