@@ -69,8 +69,20 @@ extract: setup
 info: setup
 	$(PY) -m pipeline info $(CACHE)
 
+# `make test`: the whole suite, one pytest-xdist worker a core (a test file stays on one worker, so its
+# module fixtures are made once), then the 15 slowest durations, so the next slow test shows when it lands.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# `make coverage`: line and branch coverage of pipeline/, features_cache/ and classifiers/ over the whole
+# suite in one process, the processes it starts included (pyproject.toml's [tool.coverage]).
+.PHONY: coverage
+coverage: setup
+	rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest tests -q -p no:xdist
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -188,4 +200,4 @@ docs: setup
 	$(PY) -m mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf cache runs bench-out .pytest_cache site
+	rm -rf cache runs bench-out .pytest_cache .coverage .coverage.* site
