@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 
 from pipeline.analysis import html_page
+from pipeline.health import leakage
 
 REVIEW_STYLE = """
 .group { border-left: 4px solid #ccc; padding-left: 10px; margin-bottom: 14px; }
@@ -84,15 +85,18 @@ def render(result, show: int) -> str:
     names = result.class_names
     sections = []
     groups_html = []
+    leaking = result.leaking_groups
+    counts = leakage.leak_counts(result.leaks, result.splits)
     for group in result.groups[:show]:
-        leak = result.splits and len({result.splits[i] for i in group}) > 1
+        leak = group in leaking
         cards = "".join(
             review_card(result, i, (f"label: {names[result.labels[i]]}", f"split: {result.splits[i] or '-'}")) for i in group
         )
         title = "across splits: leakage" if leak else "within one split"
         groups_html.append(f'<div class="group{" leak" if leak else ""}"><p>{len(group)} images, {title}</p><div class="cards">{cards}</div></div>')
     sections.append(
-        (f"Near-duplicates: {len(result.groups)} groups ({len(result.leaking_groups)} across splits), cosine >= {result.threshold}",
+        (f"Near-duplicates: {len(result.pairs)} pairs in {len(result.groups)} groups ({len(leaking)} across splits; "
+         f"{counts['val']} val and {counts['test']} test images have a near-duplicate in train, listed in leakage.csv)",
          "".join(groups_html) or "<p>none</p>")
     )
     outlier_cards = "".join(
