@@ -15,7 +15,11 @@ renamed or moved file keeps its split. Within a class, undecided contents are ta
 order of a hash of their content hash and each goes to the split furthest below its share of
 the class, with a share of at least one image for val and test from a class's third image
 on: a class of 4 or more images always has a val and (where test is drawn) a test image, and
-every split is within about one image of its share.
+every split is within about one image of its share. A group of near-duplicates is placed as
+one and counts as the images it holds, largest groups first (see :func:`fill_quotas`): a
+split then misses its share of a class by at most the class's largest group, and a class of
+4 or more images in at least 3 groups (a single image is a group of one) still gets a val
+and a test image.
 
 Decisions are remembered in a small JSON file beside the cache, one assignment per set of
 ``--split`` fractions, so adding images only places the new ones: old images never move, and
@@ -33,7 +37,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,8 @@ DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 MEMORY_VERSION = 2  # 1: one assignment, keyed by path
 # From a class's third image on, each held-out split with a share is owed at least one image.
 MIN_CLASS_FOR_HELD_OUT = 3
+# From a class's fourth image on, a held-out split with a share that groups left empty gets a group moved into it.
+MIN_CLASS_WITH_HELD_OUT = 4
 
 
 def path_unit(path: str, salt: str = "") -> float:
@@ -95,26 +102,55 @@ class SplitPlan:
 
 
 def fill_quotas(
-    undecided: Sequence[str], decided: Sequence[str], fractions: tuple[float, float, float]
+    undecided: Sequence[str],
+    decided: Sequence[str],
+    fractions: tuple[float, float, float],
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """Place ``undecided`` paths of one class, in path-hash order, given the splits already ``decided``."""
+    """Place the ``undecided`` keys of one class given the splits of the images already ``decided``.
+
+    A key stands for ``sizes[key]`` images (a near-duplicate group placed as one; 1 when not
+    given) and counts as that many. The class's targets are its shares of all its images (at
+    least one for val and test from its third image on); the largest groups are placed first,
+    then the rest in key-hash order, each into the split furthest below its target.
+    """
+    sizes = sizes or {}
     counts = dict.fromkeys(SPLITS, 0)
     for split in decided:
         counts[split] += 1
+    total = len(decided) + sum(sizes.get(key, 1) for key in undecided)
     share = dict(zip(SPLITS, fractions))
+    target = {split: share[split] * total for split in SPLITS}
+    if total >= MIN_CLASS_FOR_HELD_OUT:
+        for split in ("val", "test"):
+            if share[split] > 0:
+                target[split] = max(target[split], 1.0)
+    candidates = [split for split in SPLITS if share[split] > 0]
     placed = {}
-    for path in sorted(undecided, key=lambda p: (path_unit(p), p)):
-        total = sum(counts.values()) + 1
-        target = {split: share[split] * total for split in SPLITS}
-        if total >= MIN_CLASS_FOR_HELD_OUT:
-            for split in ("val", "test"):
-                if share[split] > 0:
-                    target[split] = max(target[split], 1.0)
-        candidates = [split for split in SPLITS if share[split] > 0]
+    for key in sorted(undecided, key=lambda k: (-sizes.get(k, 1), path_unit(k), k)):
         best = max(candidates, key=lambda split: (target[split] - counts[split], share[split], -SPLITS.index(split)))
-        counts[best] += 1
-        placed[path] = best
+        counts[best] += sizes.get(key, 1)
+        placed[key] = best
+    if total >= MIN_CLASS_WITH_HELD_OUT:
+        _owe_held_out(placed, counts, target, sizes, [split for split in ("val", "test") if share[split] > 0])
     return placed
+
+
+def _owe_held_out(
+    placed: dict[str, str], counts: dict[str, int], target: dict[str, float], sizes: Mapping[str, int], owed: list[str]
+) -> None:
+    """Where groups left a held-out split in ``owed`` empty, move into it the smallest placed group
+    whose split keeps an image (from the split furthest over its target first)."""
+    for split in owed:
+        if counts[split]:
+            continue
+        movable = [k for k, s in placed.items() if s != split and counts[s] > sizes.get(k, 1)]
+        if not movable:
+            continue
+        key = min(movable, key=lambda k: (sizes.get(k, 1), target[placed[k]] - counts[placed[k]], path_unit(k), k))
+        counts[placed[key]] -= sizes.get(key, 1)
+        counts[split] += sizes.get(key, 1)
+        placed[key] = split
 
 
 def plan_splits(
@@ -152,9 +188,13 @@ def plan_splits(
             f"{len(unsplit)} images without a stored split: train/val/test {train:g}/{val:g}/{test:g} per class"
         )
     if present:
-        notes.insert(0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present))
+        notes.insert(
+            0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present)
+        )
     if require_train and present and "train" not in present and not len(unsplit):
-        raise PipelineError("the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV")
+        raise PipelineError(
+            "the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV"
+        )
     if present and "val" not in present:
         carve = np.flatnonzero(stored == "train")
         share = val / (train + val) if val > 0 else DEFAULT_FRACTIONS[1] / sum(DEFAULT_FRACTIONS[:2])
@@ -172,12 +212,17 @@ def plan_splits(
     for carving, rows, shares in sorted(groups, key=lambda group: not group[0]):
         allowed = {split for split, s in zip(SPLITS, shares) if s > 0}
         for label in np.unique(labels[rows]):
-            members = list(dict.fromkeys(keys[r] for r in rows[labels[rows] == label]))
+            images = Counter(keys[r] for r in rows[labels[rows] == label])  # rows per content key
+            members = list(images)
             known = {**remembered, **decisions} if carving else {**remembered, **fixed, **decisions}
             known.update(_twin_splits(members, twin_of, known))
             kept = {k: known[k] for k in members if known.get(k) in allowed}
-            leaders = list(dict.fromkeys(twin_of.get(k, k) for k in members if k not in kept))
-            placed = fill_quotas(leaders, list(kept.values()), shares)
+            sizes = Counter()  # each undecided group's leader stands for all its images in this class
+            for k in members:
+                if k not in kept:
+                    sizes[twin_of.get(k, k)] += images[k]
+            decided = [split for k, split in kept.items() for _ in range(images[k])]
+            placed = fill_quotas(list(sizes), decided, shares, sizes)
             decisions.update({**kept, **{k: placed[twin_of.get(k, k)] for k in members if k not in kept}})
     for row, key in enumerate(keys):
         if not stored[row] or (stored[row] == "train" and "val" not in present):
@@ -239,7 +284,12 @@ def _assignments(path: Path, key_of_path: dict[str, str] | None = None) -> list[
     found = []
     for item in payload.get("assignments") or []:
         if isinstance(item, dict) and isinstance(item.get("splits"), dict) and isinstance(item.get("fractions"), list):
-            found.append({"fractions": item["fractions"], "splits": {str(k): str(s) for k, s in item["splits"].items() if s in SPLITS}})
+            found.append(
+                {
+                    "fractions": item["fractions"],
+                    "splits": {str(k): str(s) for k, s in item["splits"].items() if s in SPLITS},
+                }
+            )
     return found
 
 
@@ -333,9 +383,20 @@ def plan_cache_splits(
     embeddings = _Embeddings(cache)
     twins = near_duplicate_twins(embeddings, keys) if undecided else []  # only new images are placed by their twins
     plan, decisions = plan_splits(
-        cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins, require_train=for_training
+        cache.paths,
+        cache.labels,
+        cache.splits,
+        fractions,
+        remembered,
+        keys=keys,
+        twins=twins,
+        require_train=for_training,
     )
-    others = [item["fractions"] for item in _assignments(memory, key_of_path) if not _same_fractions(item["fractions"], fractions)]
+    others = [
+        item["fractions"]
+        for item in _assignments(memory, key_of_path)
+        if not _same_fractions(item["fractions"], fractions)
+    ]
     if not remembered and others and decisions:
         shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
         plan.notes.append(
