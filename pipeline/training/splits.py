@@ -21,35 +21,34 @@ split then misses its share of a class by at most the class's largest group, and
 4 or more images in at least 3 groups (a single image is a group of one) still gets a val
 and a test image.
 
-Decisions are remembered in a small JSON file beside the cache, one assignment per set of
-``--split`` fractions, so adding images only places the new ones: old images never move, and
-a run with other fractions neither moves them nor forgets the first assignment. Only
-``train`` (and ``save_run``) write the file; ``audit`` and ``load_split`` read it. No
-stateless rule can do both, since a split that depends on the image alone cannot guarantee a
-12-image class any val image. Without the file (deleted, or the cache's folder read-only) the
-same rule replays from scratch, which is the same result as long as no image was added in
-between.
+Decisions are remembered with the images (:mod:`pipeline.training.split_memory`: one file in
+the data root that every cache of those images shares), one assignment per set of ``--split``
+fractions, so adding images only places the new ones: old images never move, and a run with
+other fractions neither moves them nor forgets the first assignment. Only ``train`` (and
+``save_run``) write the file; ``audit`` and ``load_split`` read it. No stateless rule can do
+both, since a split that depends on the image alone cannot guarantee a 12-image class any val
+image. Without the file (deleted, or no folder that can be written) the same rule replays from
+scratch, which is the same result as long as no image was added in between: nothing in it
+depends on a cache's features, since near-duplicate twins are found in pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from features_cache import atomic
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
+from pipeline.health.leakage import MAX_IMAGES
+from pipeline.health.pixels import Thumbnails
+from pipeline.training.split_memory import SplitMemory
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-MEMORY_VERSION = 2  # 1: one assignment, keyed by path
 # From a class's third image on, each held-out split with a share is owed at least one image.
 MIN_CLASS_FOR_HELD_OUT = 3
 # From a class's fourth image on, a held-out split with a share that groups left empty gets a group moved into it.
@@ -253,103 +252,15 @@ def _stored_by_key(keys: Sequence[str], stored: np.ndarray) -> tuple[dict[str, s
     return fixed, straddling
 
 
-def memory_path(cache_path: str | os.PathLike) -> Path:
-    """Where the split decisions for a cache are remembered: ``CACHE.splits.json`` beside it."""
-    cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".splits.json")
-
-
-def _same_fractions(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) == len(b) and all(round(float(x), 9) == round(float(y), 9) for x, y in zip(a, b))
-
-
-def _assignments(path: Path, key_of_path: dict[str, str] | None = None) -> list[dict]:
-    """Every remembered assignment ``{"fractions": [...], "splits": {content key: split}}``.
-
-    A version-1 file (one assignment keyed by path) is read through ``key_of_path``; paths the
-    cache no longer holds are dropped. A missing or damaged file has none.
-    """
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(payload, dict):
-        return []
-    if payload.get("version") == 1 and isinstance(payload.get("splits"), dict):
-        mapping = key_of_path or {}
-        by_key = {mapping[p]: s for p, s in payload["splits"].items() if p in mapping}
-        payload = {"assignments": [{"fractions": payload.get("fractions", []), "splits": by_key}]}
-    elif payload.get("version") != MEMORY_VERSION:
-        return []
-    found = []
-    for item in payload.get("assignments") or []:
-        if isinstance(item, dict) and isinstance(item.get("splits"), dict) and isinstance(item.get("fractions"), list):
-            found.append(
-                {
-                    "fractions": item["fractions"],
-                    "splits": {str(k): str(s) for k, s in item["splits"].items() if s in SPLITS},
-                }
-            )
-    return found
-
-
-def read_memory(path: Path, fractions: Sequence[float], key_of_path: dict[str, str] | None = None) -> dict[str, str]:
-    """Decisions remembered for these ``fractions``, by content key; none when the file is missing or damaged."""
-    for item in _assignments(path, key_of_path):
-        if _same_fractions(item["fractions"], fractions):
-            return item["splits"]
-    return {}
-
-
-def write_memory(
-    path: Path, fractions: Sequence[float], decisions: dict[str, str], key_of_path: dict[str, str] | None = None
-) -> str | None:
-    """Remember ``decisions`` for ``fractions`` atomically, keeping the assignments of other fractions;
-    returns a warning instead of failing where the folder is read-only."""
-    others = [item for item in _assignments(path, key_of_path) if not _same_fractions(item["fractions"], fractions)]
-    mine = {"fractions": [float(f) for f in fractions], "splits": dict(sorted(decisions.items()))}
-    payload = {"version": MEMORY_VERSION, "assignments": [*others, mine]}
-    text = json.dumps(payload, ensure_ascii=False, indent=0)
-    try:
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            return None
-        atomic.write_text(path, text, errors="surrogateescape")
-    except OSError as error:
-        return f"could not remember the splits in {path} ({error.strerror or error}); adding images later may move some"
-    return None
-
-
-class _Embeddings:
-    """The cache's pooled embeddings and thumbnails, read once for both the twins and the leakage check,
-    and only on caches small enough for them (None above ``MAX_IMAGES``)."""
-
-    def __init__(self, cache: FeatureCache) -> None:
-        self.cache = cache
-        self._loaded: tuple | None = None
-
-    def get(self) -> tuple | None:
-        from pipeline.health.embeddings import pooled, unit_rows
-        from pipeline.health.leakage import MAX_IMAGES
-        from pipeline.health.pixels import Thumbnails
-
-        if len(self.cache) > MAX_IMAGES or len(self.cache) < 2:
-            return None
-        if self._loaded is None:
-            self._loaded = (unit_rows(pooled(self.cache)), Thumbnails(self.cache.data_root, self.cache.paths))
-        return self._loaded
-
-
-def near_duplicate_twins(embeddings: _Embeddings, keys: Sequence[str]) -> list[list[str]]:
-    """Content keys of near-duplicate groups by the audit's rule (re-encoded, resized, cropped copies),
-    on caches small enough for the leakage check; a group whose images are one content is left out."""
+def near_duplicate_twins(thumbnails: Thumbnails, keys: Sequence[str]) -> list[list[str]]:
+    """Content keys of near-duplicate groups found in pixels alone (re-encoded, resized, cropped copies),
+    so that every cache of the same images finds the same twins; a group of one content is left out."""
     from pipeline.health import duplicates
 
-    loaded = embeddings.get()
-    if loaded is None:
+    if len(keys) > MAX_IMAGES or len(keys) < 2:
         return []
-    unit, thumbnails = loaded
-    pairs = duplicates.near_duplicates(unit, list(keys), thumbnails)
-    groups = duplicates.groups(pairs, len(unit))
+    pairs = duplicates.near_duplicates(None, list(keys), thumbnails)
+    groups = duplicates.groups(pairs, len(keys))
     return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
 
 
@@ -375,13 +286,12 @@ def plan_cache_splits(
             f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
             "a classifier needs at least 2 class folders; add another class and run extract again"
         )
-    memory = memory_path(cache.path)
     keys = [record.content_hash for record in cache.records()]
-    key_of_path = dict(zip(cache.paths, keys))
-    remembered = read_memory(memory, fractions, key_of_path)
+    memory = SplitMemory.of(cache.path, cache.data_root, dict(zip(cache.paths, keys)))
+    remembered, memory_notes = memory.read(fractions)
     undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
-    embeddings = _Embeddings(cache)
-    twins = near_duplicate_twins(embeddings, keys) if undecided else []  # only new images are placed by their twins
+    thumbnails = Thumbnails(cache.data_root, cache.paths)
+    twins = near_duplicate_twins(thumbnails, keys) if undecided else []  # only new images are placed by their twins
     plan, decisions = plan_splits(
         cache.paths,
         cache.labels,
@@ -392,11 +302,8 @@ def plan_cache_splits(
         twins=twins,
         require_train=for_training,
     )
-    others = [
-        item["fractions"]
-        for item in _assignments(memory, key_of_path)
-        if not _same_fractions(item["fractions"], fractions)
-    ]
+    plan.notes.extend(memory_notes)
+    others = memory.other_fractions(fractions)
     if not remembered and others and decisions:
         shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
         plan.notes.append(
@@ -404,13 +311,11 @@ def plan_cache_splits(
             f"runs on {shown}, whose splits stay remembered for them)"
         )
     if decisions and remember:
-        warning = write_memory(memory, fractions, {**remembered, **decisions}, key_of_path)
-        plan.notes.append(warning or f"decided splits remembered in {memory}")
+        plan.notes.append(memory.write(fractions, {**remembered, **decisions}))
     if check_leakage:
         from pipeline.health.leakage import leakage_notes
 
-        unit, thumbnails = embeddings.get() or (None, None)
-        plan.notes.extend(leakage_notes(cache, plan.splits, unit=unit, thumbnails=thumbnails))
+        plan.notes.extend(leakage_notes(cache, plan.splits, thumbnails=thumbnails))
     if not for_training:
         return plan
     for split in ("train", "val"):
