@@ -109,28 +109,31 @@ def fill_quotas(
     """Place the ``undecided`` keys of one class given the splits of the images already ``decided``.
 
     A key stands for ``sizes[key]`` images (a near-duplicate group placed as one; 1 when not
-    given) and counts as that many. The class's targets are its shares of all its images (at
-    least one for val and test from its third image on); the largest groups are placed first,
-    then the rest in key-hash order, each into the split furthest below its target.
+    given) and counts as that many. Groups go first, largest first, each to the split furthest
+    below its share of the whole class; then single images in key-hash order, each to the split
+    furthest below its share of the images placed so far, itself included (at least one image
+    for val and test from a class's third image on). Without groups this is the rule splits
+    were always made by, so the same images keep their splits.
     """
     sizes = sizes or {}
     counts = dict.fromkeys(SPLITS, 0)
     for split in decided:
         counts[split] += 1
-    total = len(decided) + sum(sizes.get(key, 1) for key in undecided)
     share = dict(zip(SPLITS, fractions))
-    target = {split: share[split] * total for split in SPLITS}
-    if total >= MIN_CLASS_FOR_HELD_OUT:
-        for split in ("val", "test"):
-            if share[split] > 0:
-                target[split] = max(target[split], 1.0)
     candidates = [split for split in SPLITS if share[split] > 0]
-    placed = {}
+    placed, target = {}, {}
+    whole = len(decided) + sum(sizes.get(key, 1) for key in undecided)
     for key in sorted(undecided, key=lambda k: (-sizes.get(k, 1), path_unit(k), k)):
+        total = whole if sizes.get(key, 1) > 1 else sum(counts.values()) + 1
+        target = {split: share[split] * total for split in SPLITS}
+        if total >= MIN_CLASS_FOR_HELD_OUT:
+            for split in ("val", "test"):
+                if share[split] > 0:
+                    target[split] = max(target[split], 1.0)
         best = max(candidates, key=lambda split: (target[split] - counts[split], share[split], -SPLITS.index(split)))
         counts[best] += sizes.get(key, 1)
         placed[key] = best
-    if total >= MIN_CLASS_WITH_HELD_OUT:
+    if sum(counts.values()) >= MIN_CLASS_WITH_HELD_OUT:
         _owe_held_out(placed, counts, target, sizes, [split for split in ("val", "test") if share[split] > 0])
     return placed
 
