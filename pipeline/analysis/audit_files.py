@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from features_cache import atomic
+from pipeline.health import outliers
 
 DUPLICATES = "duplicates.csv"
 LEAKAGE = "leakage.csv"
@@ -48,9 +49,12 @@ def write_all(result, folder: Path) -> dict[str, Path]:
         ),
         OUTLIERS: write_rows(
             folder / OUTLIERS,
-            ("rank", "path", "split", "label", "knn_distance", "robust_z"),
+            ("rank", "path", "split", "label", "knn_distance", "robust_z", "reason"),
             (
-                (rank, paths[i], splits[i], names[result.labels[i]], f"{result.outlier_scores[i]:.4f}", f"{result.outlier_z[i]:.2f}")
+                (
+                    rank, paths[i], splits[i], names[result.labels[i]], f"{result.outlier_scores[i]:.4f}",
+                    f"{result.outlier_z[i]:.2f}", outliers.reason(result.outlier_scores, result.labels, names, i),
+                )
                 for rank, i in enumerate(result.outlier_rows, start=1)
             ),
         ),

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 
 from pipeline.analysis import html_page
-from pipeline.health import leakage
+from pipeline.health import leakage, outliers
 
 REVIEW_STYLE = """
 .group { border-left: 4px solid #ccc; padding-left: 10px; margin-bottom: 14px; }
@@ -100,7 +100,7 @@ def render(result, show: int) -> str:
          "".join(groups_html) or "<p>none</p>")
     )
     outlier_cards = "".join(
-        review_card(result, i, (f"label: {names[result.labels[i]]}", f"kNN distance {result.outlier_scores[i]:.3f} (z {result.outlier_z[i]:.1f})"))
+        review_card(result, i, (f"label: {names[result.labels[i]]}", outliers.reason(result.outlier_scores, result.labels, names, i)))
         for i in result.outlier_rows[:show]
     )
     sections.append((f"Outliers: {len(result.outlier_rows)}, most isolated first", f'<div class="cards">{outlier_cards}</div>' if outlier_cards else "<p>none</p>"))
