@@ -81,5 +81,5 @@ def reason(scores: np.ndarray, labels: np.ndarray, class_names: list[str], row: 
     typical = float(np.median(scores[mine]))
     return (
         f"farther from its {k} nearest images than {beaten} of the other {others} {name} images are from theirs "
-        f"(mean cosine distance {scores[row]:.3f}, typical in {name} {typical:.3f}: {scores[row] / max(typical, 1e-12):.1f}x)"
+        f"(mean cosine distance {scores[row]:.3g}, typical in {name} {typical:.3g}: {scores[row] / max(typical, 1e-12):.1f}x)"
     )
