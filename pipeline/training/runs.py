@@ -237,11 +237,12 @@ def write_run(
     indices: dict[str, np.ndarray],
     probas: dict[str, np.ndarray],
     train_content: list[str] | None = None,
+    scored_on: str | None = None,
 ) -> dict:
     """Write every file into a staging folder, move it into place, then index it; returns the index entry.
 
-    ``train_content`` is :func:`content_keys` of the train rows when the caller has it (a sweep's
-    runs share one), else it is read from the cache.
+    ``train_content`` is :func:`content_keys` of the train rows and ``scored_on`` the :func:`scored_key`
+    of the scored rows when the caller has them (a sweep's runs share them), else they are read from the cache.
     """
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
     if train_content is None:
@@ -279,7 +280,7 @@ def write_run(
         },
         **{key: recipe.get(key) for key in RECIPE_COLUMNS},
         "fractions": config["split"]["fractions"],
-        "scored_on": scored_key(content_keys(cache, indices[scored])),
+        "scored_on": scored_on or scored_key(content_keys(cache, indices[scored])),
     }
     if config.get(CV_KEY):
         entry[CV_KEY] = config[CV_KEY]

@@ -129,6 +129,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
         train_content = runs.content_keys(cache, indices["train"])
+        scored_on = runs.scored_key(runs.content_keys(cache, indices["test" if "test" in indices else "val"]))
         views = training_views(cache, options, head_cls, indices["train"], in_memory, top)
         folds = cv_inputs(cache, indices, data, top) if options.cv else None
         for params in grid:
@@ -155,7 +156,7 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             if has_top(cache.recipe):
                 config[TOP_KEY] = {"layer": cache.recipe.layer, "block": "frozen" if top is not None else "fine-tuned"}
             yield RunResult(name, folder, runs.write_run(
-                runs_dir, folder, head, config, metrics, cache, indices, probas, train_content
+                runs_dir, folder, head, config, metrics, cache, indices, probas, train_content, scored_on
             ))
 
 
