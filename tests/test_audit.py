@@ -94,7 +94,10 @@ def test_the_health_report_finds_planted_problems(planted, tmp_path, capsys):
     classes = read_csv(out / "classes.csv")
     assert [row["class"] for row in classes] == sorted(CLASS_NAMES) and list(classes[0]) == ["class", "all", "test", "train", "val"]
     found_outliers = read_csv(out / "outliers.csv")
-    assert list(found_outliers[0]) == ["rank", "path", "split", "label", "knn_distance", "robust_z"]
+    assert list(found_outliers[0]) == ["rank", "path", "split", "label", "knn_distance", "robust_z", "reason"]
+    top = found_outliers[0]
+    others = sum(row["given"] == top["label"] for row in read_csv(out / "label_issues.csv")) - 1
+    assert f"farther from its 5 nearest images than {others} of the other {others} {top['label']} images" in top["reason"]
     assert {row["path"] for row in found_outliers[:3]} == planted["foreign"]  # the most isolated are the wrong files
     assert len(found_outliers) <= 2 * len(planted["foreign"])
     page = (out / "audit.html").read_text(encoding="utf-8")

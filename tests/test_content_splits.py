@@ -16,7 +16,8 @@ from pipeline.analysis.audit import run_audit
 from pipeline.demo_data import write_digits
 from pipeline.extraction.extract import ExtractOptions, run_extract
 from pipeline.health import duplicates, labels
-from pipeline.training.splits import memory_path, plan_cache_splits
+from pipeline.training.split_memory import memory_path, shared_memory_path
+from pipeline.training.splits import plan_cache_splits
 
 ARGS = {"weights": "none", "image_size": 32}
 
@@ -100,6 +101,7 @@ def test_a_version_one_memory_is_read_by_content(tmp_path):
     memory_path(tmp_path / "a.h5").write_text(
         json.dumps({"version": 1, "fractions": [0.7, 0.15, 0.15], "splits": flipped}), encoding="utf-8"
     )
+    shared_memory_path(data).unlink()  # as written before the memory moved to the data root
     assert splits_by_path(tmp_path / "a.h5") == flipped
     assert json.loads(memory_path(tmp_path / "a.h5").read_text(encoding="utf-8"))["version"] == 2
 
@@ -108,11 +110,11 @@ def test_audit_reads_the_split_memory_and_never_writes_it(tmp_path):
     data = write_digits(tmp_path / "digits", per_class=12)
     extract(data, tmp_path / "a.h5")
     run_audit(tmp_path / "a.h5", folds=3)
-    assert not memory_path(tmp_path / "a.h5").exists()
+    assert not memory_path(tmp_path / "a.h5").exists() and not shared_memory_path(data).exists()
     splits_by_path(tmp_path / "a.h5", (0.5, 0.25, 0.25))
-    remembered = memory_path(tmp_path / "a.h5").read_bytes()
+    remembered = shared_memory_path(data).read_bytes()
     result = run_audit(tmp_path / "a.h5", folds=3)
-    assert memory_path(tmp_path / "a.h5").read_bytes() == remembered
+    assert shared_memory_path(data).read_bytes() == remembered
     assert len(result.splits) == 120
 
 

@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory) -> Path:
     cache = root / "digits.h5"
     run_extract(ExtractOptions(data=str(data), cache=str(cache), weights="none", image_size=32, storage_dtype="float32"))
     runs = root / "runs"
-    assert main(["train", str(cache), "--head", "logreg", "--set", "C=0.05", "--name", "lr", "--runs-dir", str(runs)]) == 0
+    assert main(["train", str(cache), "--head", "logreg", "--set", "C=0.005", "--name", "lr", "--runs-dir", str(runs)]) == 0
     return runs / "lr"
 
 

@@ -12,7 +12,8 @@ from features_cache.reader import FeatureCache
 from pipeline.demo_data import write_digits
 from pipeline.errors import PipelineError
 from pipeline.extraction.extract import ExtractOptions, run_extract
-from pipeline.training.splits import memory_path, plan_cache_splits, plan_splits
+from pipeline.training.split_memory import shared_memory_path
+from pipeline.training.splits import plan_cache_splits, plan_splits
 
 
 def splits_of(cache_path: Path) -> dict[str, str]:
@@ -28,7 +29,7 @@ def test_adding_images_or_moving_the_folder_moves_no_old_image(tmp_path):
     write_digits(tmp_path / "a", per_class=8)
     extract(tmp_path / "a", tmp_path / "a.h5")
     before = splits_of(tmp_path / "a.h5")
-    assert memory_path(tmp_path / "a.h5").is_file()
+    assert shared_memory_path(tmp_path / "a").is_file()
 
     for per_class in (9, 13, 24):  # new photos arrive in the same folder, a few at a time
         write_digits(tmp_path / "a", per_class=per_class)
@@ -47,7 +48,7 @@ def test_without_the_memory_file_the_same_images_get_the_same_splits(tmp_path):
     write_digits(tmp_path / "a", per_class=12)
     extract(tmp_path / "a", tmp_path / "a.h5")
     first = splits_of(tmp_path / "a.h5")
-    memory_path(tmp_path / "a.h5").unlink()
+    shared_memory_path(tmp_path / "a").unlink()
     assert splits_of(tmp_path / "a.h5") == first
 
 

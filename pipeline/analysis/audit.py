@@ -1,7 +1,7 @@
 """``pipeline audit``: the health of a data set, straight from its feature cache.
 
-Four sections, each with counts and a ranked list: near-duplicates (and the groups that
-span splits: leakage), outliers, likely label errors (confident learning on out-of-fold
+Four sections, each with counts and a ranked list: near-duplicates (and leakage, as
+:mod:`pipeline.health.leakage` defines it), outliers, likely label errors (confident learning on out-of-fold
 probabilities) and class balance. Everything is computed from the cached codes, pooled
 to one vector per image, in seconds; the images are only opened for thumbnails.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.health import balance, duplicates, labels, outliers
+from pipeline.health import balance, duplicates, labels, leakage, outliers
 from pipeline.health.embeddings import pooled, unit_rows
 from pipeline.health.pixels import Thumbnails
 
@@ -60,7 +60,13 @@ class AuditResult:
 
     @property
     def leaking_groups(self) -> list[list[int]]:
+        """Groups that span splits: exactly those with a pair across splits (groups are chained)."""
         return [group for group in self.groups if duplicates.spans_splits(group, self.splits)]
+
+    @property
+    def leaks(self) -> list[leakage.Leak]:
+        """Val and test images with a near-duplicate in train: ``train``'s warning and ``leakage.csv``."""
+        return leakage.leaks(self.pairs, self.splits)
 
     @property
     def outlier_rows(self) -> np.ndarray:
@@ -74,8 +80,11 @@ class AuditResult:
         return np.array([i for i in self.order if self.flagged[i]], dtype=np.int64)
 
     def summary(self) -> str:
+        counts = leakage.leak_counts(self.leaks, self.splits)
         return (
-            f"{len(self.groups)} near-duplicate groups ({len(self.leaking_groups)} across splits), "
+            f"{len(self.pairs)} near-duplicate pairs in {len(self.groups)} near-duplicate groups "
+            f"({len(self.leaking_groups)} across splits; {counts['val']} val and {counts['test']} test images "
+            "have a near-duplicate in train), "
             f"{len(self.outlier_rows)} outlier candidates, {int(self.flagged.sum())} likely label errors"
         )
 
@@ -142,7 +151,7 @@ def run_audit(
         raise PipelineError(str(error)) from None
     unit = unit_rows(X)
     estimator = head_estimator(head, dict(params or {}), len(X))
-    pairs = duplicates.near_duplicates(unit, content_hashes, Thumbnails(data_root, paths), threshold, search_pixels=True)
+    pairs = leakage.find_pairs(unit, content_hashes, Thumbnails(data_root, paths), threshold)
     near = duplicates.groups(pairs, len(paths))
     fold_groups = duplicates.fold_groups(content_hashes, near)
     probabilities = labels.out_of_fold_probabilities(X, label_ids, estimator, folds, seed, fold_groups)

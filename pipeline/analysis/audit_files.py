@@ -7,8 +7,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from features_cache import atomic
+from pipeline.health import outliers
 
 DUPLICATES = "duplicates.csv"
+LEAKAGE = "leakage.csv"
 OUTLIERS = "outliers.csv"
 LABEL_ISSUES = "label_issues.csv"
 CLASSES = "classes.csv"
@@ -33,15 +35,26 @@ def write_all(result, folder: Path) -> dict[str, Path]:
             folder / DUPLICATES,
             ("path_a", "path_b", "similarity", "split_a", "split_b", "group"),
             (
-                (paths[p.a], paths[p.b], f"{p.similarity:.4f}", splits[p.a], splits[p.b], group_of.get(p.a, group_of.get(p.b, "")))
+                (paths[p.a], paths[p.b], f"{p.similarity:.4f}", splits[p.a], splits[p.b], group_of[p.a])
                 for p in result.pairs
+            ),
+        ),
+        LEAKAGE: write_rows(
+            folder / LEAKAGE,
+            ("path", "split", "train_twin", "similarity", "group"),
+            (
+                (paths[leak.row], splits[leak.row], paths[leak.twin], f"{leak.similarity:.4f}", group_of[leak.row])
+                for leak in result.leaks
             ),
         ),
         OUTLIERS: write_rows(
             folder / OUTLIERS,
-            ("rank", "path", "split", "label", "knn_distance", "robust_z"),
+            ("rank", "path", "split", "label", "knn_distance", "robust_z", "reason"),
             (
-                (rank, paths[i], splits[i], names[result.labels[i]], f"{result.outlier_scores[i]:.4f}", f"{result.outlier_z[i]:.2f}")
+                (
+                    rank, paths[i], splits[i], names[result.labels[i]], f"{result.outlier_scores[i]:.4f}",
+                    f"{result.outlier_z[i]:.2f}", outliers.reason(result.outlier_scores, result.labels, names, i),
+                )
                 for rank, i in enumerate(result.outlier_rows, start=1)
             ),
         ),

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 
 from pipeline.analysis import html_page
+from pipeline.health import leakage, outliers
 
 REVIEW_STYLE = """
 .group { border-left: 4px solid #ccc; padding-left: 10px; margin-bottom: 14px; }
@@ -84,19 +85,22 @@ def render(result, show: int) -> str:
     names = result.class_names
     sections = []
     groups_html = []
+    leaking = result.leaking_groups
+    counts = leakage.leak_counts(result.leaks, result.splits)
     for group in result.groups[:show]:
-        leak = result.splits and len({result.splits[i] for i in group}) > 1
+        leak = group in leaking
         cards = "".join(
             review_card(result, i, (f"label: {names[result.labels[i]]}", f"split: {result.splits[i] or '-'}")) for i in group
         )
         title = "across splits: leakage" if leak else "within one split"
         groups_html.append(f'<div class="group{" leak" if leak else ""}"><p>{len(group)} images, {title}</p><div class="cards">{cards}</div></div>')
     sections.append(
-        (f"Near-duplicates: {len(result.groups)} groups ({len(result.leaking_groups)} across splits), cosine >= {result.threshold}",
+        (f"Near-duplicates: {len(result.pairs)} pairs in {len(result.groups)} groups ({len(leaking)} across splits; "
+         f"{counts['val']} val and {counts['test']} test images have a near-duplicate in train, listed in leakage.csv)",
          "".join(groups_html) or "<p>none</p>")
     )
     outlier_cards = "".join(
-        review_card(result, i, (f"label: {names[result.labels[i]]}", f"kNN distance {result.outlier_scores[i]:.3f} (z {result.outlier_z[i]:.1f})"))
+        review_card(result, i, (f"label: {names[result.labels[i]]}", outliers.reason(result.outlier_scores, result.labels, names, i)))
         for i in result.outlier_rows[:show]
     )
     sections.append((f"Outliers: {len(result.outlier_rows)}, most isolated first", f'<div class="cards">{outlier_cards}</div>' if outlier_cards else "<p>none</p>"))

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     files.write_all(result, folder)
     html = write_page(folder / "audit.html", page.render(result, args.show))
     print_audit(result, args.top)
-    print(f"wrote {folder}/ ({', '.join([files.DUPLICATES, files.OUTLIERS, files.LABEL_ISSUES, files.CLASSES])}) and {html}")
+    print(f"wrote {folder}/ ({', '.join([files.DUPLICATES, files.LEAKAGE, files.OUTLIERS, files.LABEL_ISSUES, files.CLASSES])}) and {html}")
     return 0
 
 

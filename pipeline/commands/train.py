@@ -37,6 +37,11 @@ def register(subparsers) -> None:
         help="train on the augmented views `extract --views` cached (e.g. flip,crop1): each epoch draws one view "
         "of each training image, the original among them (--set views=all: every view, finetune)",
     )
+    parser.add_argument(
+        "--cv", type=int, default=0, metavar="K",
+        help="also report out-of-fold accuracy, mean ± std over K stratified folds of train + val grouped by content "
+        "and near-duplicates (for small data, where one split is noise)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         class_weight=args.class_weight,
         load=args.load,
         views=parse_views(args.views),
+        cv=args.cv,
     )
     entries = []
     for result in run_train(options, on_plan=print_plan):

@@ -7,7 +7,7 @@ the pooled, standardised codes) are candidates, and a candidate is a copy when i
 say so (:mod:`pipeline.health.pixels`). Where an image cannot be read now (moved, deleted),
 the old rule decides for its pairs: the pair must beat both images' ordinary neighbours by
 ``GAP``. Exact search by blocked matrix products, so memory is ``BLOCK * n`` floats. Groups
-grow from the most similar pair without chaining; a group that spans splits is leakage.
+are the chained pairs (:func:`groups`); leakage is :mod:`pipeline.health.leakage`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def candidate_pairs(
 
 
 def near_duplicates(
-    unit: np.ndarray,
+    unit: np.ndarray | None,
     content_hashes: Sequence[str],
     thumbnails: Thumbnails | None,
     threshold: float = DEFAULT_THRESHOLD,
@@ -149,23 +149,25 @@ def near_duplicates(
 
     Candidates are each image's nearest neighbours in feature space and, with ``search_pixels``
     (the audit), in pixels too: a star field resized to half changes its CNN codes (cosine 0.54)
-    far more than its pixels. That decodes a thumbnail of every image once.
+    far more than its pixels. That decodes a thumbnail of every image once. Without ``unit`` (the
+    split planner, which must not depend on one cache's features) candidates come from pixels
+    alone, a pair's similarity is its pixel correlation, and unreadable images have no pairs.
     """
     exact = exact_pairs(content_hashes, rows, among)
     same = {(p.a, p.b) for p in exact}
-    candidates = candidate_pairs(unit, threshold, rows, among)
-    if search_pixels and thumbnails is not None:
-        every = np.arange(len(unit))
-        wholes = thumbnails.wholes(every)
-        for key, _ in candidate_pairs(wholes, PIXEL_CANDIDATE, rows, among).items():
-            candidates.setdefault(key, float(unit[key[0]] @ unit[key[1]]))
+    candidates = {} if unit is None else candidate_pairs(unit, threshold, rows, among)
+    if (search_pixels or unit is None) and thumbnails is not None:
+        wholes = thumbnails.wholes(np.arange(len(content_hashes)))
+        for key, value in candidate_pairs(wholes, PIXEL_CANDIDATE, rows, among).items():
+            candidates.setdefault(key, value if unit is None else float(unit[key[0]] @ unit[key[1]]))
     confirmed, unreadable = [], []
     for (a, b), value in candidates.items():
         if (a, b) in same:
             continue
         pixel = thumbnails.similarity(a, b) if thumbnails is not None else None
         if pixel is None:
-            unreadable.append(Pair(a, b, value))
+            if unit is not None:
+                unreadable.append(Pair(a, b, value))
         elif pixel >= PIXEL_THRESHOLD:
             confirmed.append(Pair(a, b, value))
     if unreadable:
@@ -175,24 +177,27 @@ def near_duplicates(
 
 
 def groups(pairs: Sequence[Pair], n: int) -> list[list[int]]:
-    """Groups without chaining: the most similar pairs first, an image joins a group only through
-    a pair with the group's first image, so A~B and B~C never put A and C together unless A~C."""
-    group_of: dict[int, int] = {}
-    members: list[list[int]] = []
-    for pair in pairs:  # most similar first
-        a, b = pair.a, pair.b
-        if a in group_of and b in group_of:
-            continue
-        if a not in group_of and b not in group_of:
-            group_of[a] = group_of[b] = len(members)
-            members.append([a, b])
-            continue
-        seeded, new = (a, b) if a in group_of else (b, a)
-        group = members[group_of[seeded]]
-        if seeded == group[0]:
-            group_of[new] = group_of[seeded]
-            group.append(new)
-    return sorted((sorted(group) for group in members), key=lambda g: (-len(g), g[0]))
+    """Near-duplicate groups: the connected images, chained (A~B and B~C put A, B and C in one
+    group), so both images of every pair share one group and a group spans splits exactly when
+    one of its pairs does. Largest first, then by first image."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for pair in pairs:
+        parent[root(pair.b)] = root(pair.a)
+    members: dict[int, list[int]] = {}
+    for pair in pairs:
+        for i in (pair.a, pair.b):
+            members.setdefault(root(i), [])
+    for i in range(n):
+        if root(i) in members:
+            members[root(i)].append(i)
+    return sorted(members.values(), key=lambda g: (-len(g), g[0]))
 
 
 def fold_groups(content_hashes: Sequence[str], near: Sequence[Sequence[int]]) -> np.ndarray:

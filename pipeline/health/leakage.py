@@ -1,10 +1,17 @@
-"""The warning ``train`` and ``report`` give when held-out images have near-duplicates in train.
+"""Leakage, defined once for ``train``, ``report``, ``audit``, its page and its CSV files.
 
-A test photo whose copy (or re-encoded, resized, slightly cropped copy) was trained on
-scores as if the model generalised; this counts such images per held-out split.
+A val or test image *leaks* when one of the audit's near-duplicate pairs (``duplicates.csv``)
+joins it to a train image: a test photo whose copy (or re-encoded, resized, slightly cropped
+copy) was trained on scores as if the model generalised. Every command finds the pairs with
+the same call (:func:`find_pairs`: all images against all, candidates in features and in
+pixels, confirmed in pixels), so the count ``train`` warns about is the count the audit
+prints and the number of rows of its ``leakage.csv``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,16 +22,42 @@ from pipeline.health.pixels import Thumbnails
 
 # Above this many images the check costs a second read of every feature; `pipeline audit` does it then.
 MAX_IMAGES = 50_000
+HELD_OUT = ("val", "test")
 
 
-def leaked_rows(
-    unit: np.ndarray, content_hashes: list[str], thumbnails: Thumbnails | None, held_out: np.ndarray, train: np.ndarray,
-    threshold: float,
-) -> np.ndarray:
-    """Rows of ``held_out`` with a near-duplicate (the audit's rule) among ``train``."""
-    pairs = duplicates.near_duplicates(unit, content_hashes, thumbnails, threshold, rows=held_out, among=train)
-    held = set(held_out.tolist())
-    return np.array(sorted({p.a if p.a in held else p.b for p in pairs}), dtype=np.int64)
+@dataclasses.dataclass(frozen=True)
+class Leak:
+    """A held-out image (``row``) and its most similar near-duplicate in train (``twin``)."""
+
+    row: int
+    twin: int
+    similarity: float
+
+
+def find_pairs(
+    unit: np.ndarray,
+    content_hashes: Sequence[str],
+    thumbnails: Thumbnails | None,
+    threshold: float = duplicates.DEFAULT_THRESHOLD,
+) -> list[duplicates.Pair]:
+    """The near-duplicate pairs every command uses: all images against all, found in features and pixels."""
+    return duplicates.near_duplicates(unit, content_hashes, thumbnails, threshold, search_pixels=True)
+
+
+def leaks(pairs: Sequence[duplicates.Pair], splits: Sequence[str]) -> list[Leak]:
+    """One per val or test image with a pair to a train image, val first, then by row."""
+    best: dict[int, Leak] = {}
+    for pair in pairs:
+        for row, twin in ((pair.a, pair.b), (pair.b, pair.a)):
+            better = row not in best or pair.similarity > best[row].similarity
+            if splits[row] in HELD_OUT and splits[twin] == "train" and better:
+                best[row] = Leak(row, twin, pair.similarity)
+    return sorted(best.values(), key=lambda leak: (HELD_OUT.index(splits[leak.row]), leak.row))
+
+
+def leak_counts(found: Sequence[Leak], splits: Sequence[str]) -> dict[str, int]:
+    """Leaking images per held-out split."""
+    return {split: sum(1 for leak in found if splits[leak.row] == split) for split in HELD_OUT}
 
 
 def leakage_notes(
@@ -42,15 +75,15 @@ def leakage_notes(
     unit = unit_rows(pooled(cache)) if unit is None else unit
     hashes = [record.content_hash for record in cache.records()]
     thumbnails = Thumbnails(cache.data_root, cache.paths) if thumbnails is None else thumbnails
-    train = np.flatnonzero(splits == "train")
+    names = [str(s) for s in splits]
+    found = leaks(find_pairs(unit, hashes, thumbnails, threshold), names)
     notes = []
-    for split in ("val", "test"):
-        rows = leaked_rows(unit, hashes, thumbnails, np.flatnonzero(splits == split), train, threshold)
-        if len(rows):
+    for split in HELD_OUT:
+        rows = [leak.row for leak in found if names[leak.row] == split]
+        if rows:
             examples = ", ".join(cache.paths[i] for i in rows[:3])
             notes.append(
                 f"warning: {len(rows)} {split} {'image has' if len(rows) == 1 else 'images have'} a near-duplicate in train "
-                f"(cosine >= {threshold}; e.g. {examples}): "
-                f"{split} scores are inflated; `pipeline audit {cache.path}` lists them"
+                f"(e.g. {examples}): {split} scores are inflated; `pipeline audit {cache.path}` lists them in leakage.csv"
             )
     return notes

@@ -71,3 +71,15 @@ def class_relative_z(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         scale = max(mads[c], floor)
         z[members] = (scores[members] - medians[c]) / scale if scale > 0 else 0.0
     return z
+
+
+def reason(scores: np.ndarray, labels: np.ndarray, class_names: list[str], row: int, k: int = K) -> str:
+    """Why ``row`` is flagged, in words a user can check against the thumbnails."""
+    mine = labels == labels[row]
+    name = class_names[int(labels[row])]
+    beaten, others = int(np.sum(scores[mine] < scores[row])), int(np.sum(mine)) - 1
+    typical = float(np.median(scores[mine]))
+    return (
+        f"farther from its {k} nearest images than {beaten} of the other {others} {name} images are from theirs "
+        f"(mean cosine distance {scores[row]:.3g}, typical in {name} {typical:.3g}: {scores[row] / max(typical, 1e-12):.1f}x)"
+    )

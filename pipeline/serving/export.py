@@ -1,7 +1,8 @@
 """One ``.keras`` file for serving: raw uint8 images in, class probabilities out.
 
 The exported graph is resize -> round to 8-bit pixels -> the backbone's own
-preprocessing and frozen layers -> the cache's storage dtype -> the run's head, so it
+preprocessing and frozen layers -> the cache's storage dtype -> (for a run that applied the
+top block frozen to a cache of an earlier layer, that block in float32) -> the run's head, so it
 computes what ``extract`` then the head computed. Pixels at the recipe's size pass the
 resize unchanged: fed stage one's own pixels (:func:`serving_image` with the recipe's size,
 or :func:`predict_encoded` on a file's bytes) the model gives ``predict``'s probabilities for
@@ -75,6 +76,8 @@ def build_serving_model(model: RunModel) -> keras.Model:
     for layer in extractor.layers[1:]:
         x = layer(x)
     features = CastTo("float32", name="features_float32")(x)
+    if model.top is not None:  # the top block the run applied frozen to its cache's maps, in float32
+        features = model.top.model(features)
     head = model.head.to_keras()
     probabilities = head(features)
     return keras.Model(inputs, probabilities, name=f"{recipe.backbone}_{type(model.head).__name__.lower()}")

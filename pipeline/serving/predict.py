@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from features_cache.records import SkippedFile
-from features_cache.schema import OUTPUT_LAYER, PILLOW, Recipe
+from features_cache.schema import PILLOW, Recipe
 from pipeline.errors import PipelineError
 from pipeline.extraction.backbone_specs import weights_arguments
 from pipeline.extraction.backbones import Backbone, build_backbone
@@ -27,7 +27,7 @@ from pipeline.extraction.images import DEFAULT_MAX_PIXELS, ResizeSpec
 from pipeline.extraction.loader import DecodedBatch, LoadTask, iter_batches
 from pipeline.extraction.sources import candidate_files
 from pipeline.training.runs import CONTENT_KEY_DIGITS, TRAIN_CONTENT, load_run_config, resolve_run, write_predictions
-from pipeline.training.top import TOP_KEY
+from pipeline.training.top import TOP_KEY, FrozenTop
 
 
 @dataclasses.dataclass
@@ -40,6 +40,12 @@ class RunModel:
     backbone: Backbone
     head: object
     trained_content: frozenset[str] = frozenset()  # content keys of the run's training images
+    top: FrozenTop | None = None  # the top block the run applied frozen, in float32, to its cache's maps
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """What the head takes: the cache's features of ``images`` (storage dtype), through the frozen top if any."""
+        features = self.backbone.features(images)
+        return features if self.top is None else self.top(features)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Probabilities over every class of the run (columns of classes the head never saw are 0)."""
@@ -98,22 +104,25 @@ def load_run_model(run: str, runs_dir: str | Path = "runs", weights: str | None 
     run_dir = resolve_run(run, runs_dir)
     config = load_run_config(run_dir)
     recipe = run_recipe(run_dir, config)
-    backbone = rebuild_backbone(run_dir, recipe, weights, head_layer(config, recipe))
+    backbone = rebuild_backbone(run_dir, recipe, weights)
+    top = FrozenTop(recipe, weights) if frozen_top(config) else None
     head = load_head(run_dir)
-    expected = tuple(getattr(head, "input_shape_", backbone.feature_shape))
-    if expected != backbone.feature_shape:
+    given = backbone.feature_shape if top is None else top.output_shape
+    expected = tuple(getattr(head, "input_shape_", given))
+    if expected != given:
         raise PipelineError(
             f"{run_dir}: the head takes features of shape {expected} but {recipe.backbone} at "
-            f"{recipe.image_size}x{recipe.image_size} gives {backbone.feature_shape}; train the head on a cache of this backbone"
+            f"{recipe.image_size}x{recipe.image_size} gives {given}; train the head on a cache of this backbone"
         )
     trained = frozenset(config.get(TRAIN_CONTENT) or ())
-    return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head, trained)
+    return RunModel(run_dir, [str(name) for name in config["class_names"]], recipe, backbone, head, trained, top)
 
 
-def head_layer(config: dict, recipe: Recipe) -> str:
-    """The layer whose maps the head takes: the recipe's, or the backbone's output where the run applied
-    the top block frozen to a cache of an earlier layer (the whole backbone computes the same)."""
-    return OUTPUT_LAYER if config.get(TOP_KEY, {}).get("block") == "frozen" else recipe.layer
+def frozen_top(config: dict) -> bool:
+    """Whether the run applied the top block frozen to a cache of an earlier layer: then predicting does as
+    training did, the backbone to the cache's layer in the recipe's precision and storage dtype, and the top
+    block in float32 over those maps (the whole backbone in the recipe's precision differs by up to 0.05)."""
+    return config.get(TOP_KEY, {}).get("block") == "frozen"
 
 
 def find_images(arguments: list[str]) -> list[LoadTask]:
@@ -187,7 +196,7 @@ def run_predict(
     for batch in batches:
         skipped.extend(batch.skipped)
         if batch.count:
-            features = model.backbone.features(batch.images)[: batch.count]
+            features = model.features(batch.images)[: batch.count]
             parts.append(model.probabilities(features))
             paths.extend(record.path for record in batch.records)
             seen.extend(record.content_hash[:CONTENT_KEY_DIGITS] in model.trained_content for record in batch.records)

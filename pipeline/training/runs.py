@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import hashlib
 import json
 import shutil
 import sys
@@ -39,6 +40,17 @@ JSON_TYPES = (str, int, float, bool, type(None), list, dict)
 # per image is enough to find a training image under any name, in any cache, at any scale.
 TRAIN_CONTENT = "train_content"
 CONTENT_KEY_DIGITS = 16
+
+
+RECIPE_COLUMNS = ("image_size", "backbone", "layer", "view")  # what the runs table shows of each run's cache
+CV_KEY = "cv"  # ``train --cv K``: {"folds": K, "mean": ..., "std": ...} of out-of-fold accuracy
+
+
+def scored_key(keys: Sequence[str]) -> str:
+    """A short name for the set of images a run was scored on (its test images, its val images without a
+    test split): runs with one key were scored on the same images, whatever cache they read them from."""
+    digest = hashlib.blake2b("\n".join(sorted(keys)).encode("ascii"), digest_size=6).hexdigest()
+    return f"{len(keys)}:{digest}"
 
 
 def content_keys(cache: FeatureCache, rows: np.ndarray) -> list[str]:
@@ -262,11 +274,12 @@ def write_run(
     indices: dict[str, np.ndarray],
     probas: dict[str, np.ndarray],
     train_content: list[str] | None = None,
+    scored_on: str | None = None,
 ) -> dict:
     """Write every file into a staging folder, move it into place, then index it; returns the index entry.
 
-    ``train_content`` is :func:`content_keys` of the train rows when the caller has it (a sweep's
-    runs share one), else it is read from the cache.
+    ``train_content`` is :func:`content_keys` of the train rows and ``scored_on`` the :func:`scored_key`
+    of the scored rows when the caller has them (a sweep's runs share them), else they are read from the cache.
     """
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=runs_dir))
     if train_content is None:
@@ -287,6 +300,8 @@ def write_run(
     )
     publish(staging, folder)
     summary = ("accuracy", "macro_f1", "log_loss")
+    recipe = config["cache"]["recipe"]
+    scored = "test" if "test" in metrics else "val"
     entry = {
         "name": config["name"],
         "head": config["head"],
@@ -296,7 +311,15 @@ def write_run(
         "cache_path": config["cache"]["path"],
         "created_at": config["created_at"],
         "fit_seconds": config["fit_seconds"],
-        **{split: {key: metrics[split][key] for key in summary} if split in metrics else None for split in ("val", "test")},
+        **{
+            split: {**{key: metrics[split][key] for key in summary}, "n": int(len(indices[split]))} if split in metrics else None
+            for split in ("val", "test")
+        },
+        **{key: recipe.get(key) for key in RECIPE_COLUMNS},
+        "fractions": config["split"]["fractions"],
+        "scored_on": scored_on or scored_key(content_keys(cache, indices[scored])),
     }
+    if config.get(CV_KEY):
+        entry[CV_KEY] = config[CV_KEY]
     append_index(runs_dir, entry)
     return entry

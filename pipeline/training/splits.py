@@ -15,38 +15,44 @@ renamed or moved file keeps its split. Within a class, undecided contents are ta
 order of a hash of their content hash and each goes to the split furthest below its share of
 the class, with a share of at least one image for val and test from a class's third image
 on: a class of 4 or more images always has a val and (where test is drawn) a test image, and
-every split is within about one image of its share.
+every split is within about one image of its share. A group of near-duplicates is placed as
+one and counts as the images it holds, largest groups first (see :func:`fill_quotas`): a
+split then misses its share of a class by at most the class's largest group, and a class of
+4 or more images in at least 3 groups (a single image is a group of one) still gets a val
+and a test image.
 
-Decisions are remembered in a small JSON file beside the cache, one assignment per set of
-``--split`` fractions, so adding images only places the new ones: old images never move, and
-a run with other fractions neither moves them nor forgets the first assignment. Only
-``train`` (and ``save_run``) write the file; ``audit`` and ``load_split`` read it. No
-stateless rule can do both, since a split that depends on the image alone cannot guarantee a
-12-image class any val image. Without the file (deleted, or the cache's folder read-only) the
-same rule replays from scratch, which is the same result as long as no image was added in
-between.
+Decisions are remembered with the images (:mod:`pipeline.training.split_memory`: one file in
+the data root that every cache of those images shares), one assignment per set of ``--split``
+fractions, so adding images only places the new ones: old images never move, and a run with
+other fractions neither moves them nor forgets the first assignment. Only ``train`` (and
+``save_run``) write the file; ``audit`` and ``load_split`` read it. No stateless rule can do
+both, since a split that depends on the image alone cannot guarantee a 12-image class any val
+image. Without the file (deleted, or no folder that can be written) the same rule replays from
+scratch, which is the same result as long as no image was added in between: nothing in it
+depends on a cache's features, since near-duplicate twins are found in pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from features_cache import atomic
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
+from pipeline.health.leakage import MAX_IMAGES
+from pipeline.health.pixels import Thumbnails
+from pipeline.training.split_memory import SplitMemory
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-MEMORY_VERSION = 2  # 1: one assignment, keyed by path
 # From a class's third image on, each held-out split with a share is owed at least one image.
 MIN_CLASS_FOR_HELD_OUT = 3
+# From a class's fourth image on, a held-out split with a share that groups left empty gets a group moved into it.
+MIN_CLASS_WITH_HELD_OUT = 4
 
 
 def path_unit(path: str, salt: str = "") -> float:
@@ -95,26 +101,58 @@ class SplitPlan:
 
 
 def fill_quotas(
-    undecided: Sequence[str], decided: Sequence[str], fractions: tuple[float, float, float]
+    undecided: Sequence[str],
+    decided: Sequence[str],
+    fractions: tuple[float, float, float],
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """Place ``undecided`` paths of one class, in path-hash order, given the splits already ``decided``."""
+    """Place the ``undecided`` keys of one class given the splits of the images already ``decided``.
+
+    A key stands for ``sizes[key]`` images (a near-duplicate group placed as one; 1 when not
+    given) and counts as that many. Groups go first, largest first, each to the split furthest
+    below its share of the whole class; then single images in key-hash order, each to the split
+    furthest below its share of the images placed so far, itself included (at least one image
+    for val and test from a class's third image on). Without groups this is the rule splits
+    were always made by, so the same images keep their splits.
+    """
+    sizes = sizes or {}
     counts = dict.fromkeys(SPLITS, 0)
     for split in decided:
         counts[split] += 1
     share = dict(zip(SPLITS, fractions))
-    placed = {}
-    for path in sorted(undecided, key=lambda p: (path_unit(p), p)):
-        total = sum(counts.values()) + 1
+    candidates = [split for split in SPLITS if share[split] > 0]
+    placed, target = {}, {}
+    whole = len(decided) + sum(sizes.get(key, 1) for key in undecided)
+    for key in sorted(undecided, key=lambda k: (-sizes.get(k, 1), path_unit(k), k)):
+        total = whole if sizes.get(key, 1) > 1 else sum(counts.values()) + 1
         target = {split: share[split] * total for split in SPLITS}
         if total >= MIN_CLASS_FOR_HELD_OUT:
             for split in ("val", "test"):
                 if share[split] > 0:
                     target[split] = max(target[split], 1.0)
-        candidates = [split for split in SPLITS if share[split] > 0]
         best = max(candidates, key=lambda split: (target[split] - counts[split], share[split], -SPLITS.index(split)))
-        counts[best] += 1
-        placed[path] = best
+        counts[best] += sizes.get(key, 1)
+        placed[key] = best
+    if sum(counts.values()) >= MIN_CLASS_WITH_HELD_OUT:
+        _owe_held_out(placed, counts, target, sizes, [split for split in ("val", "test") if share[split] > 0])
     return placed
+
+
+def _owe_held_out(
+    placed: dict[str, str], counts: dict[str, int], target: dict[str, float], sizes: Mapping[str, int], owed: list[str]
+) -> None:
+    """Where groups left a held-out split in ``owed`` empty, move into it the smallest placed group
+    whose split keeps an image (from the split furthest over its target first)."""
+    for split in owed:
+        if counts[split]:
+            continue
+        movable = [k for k, s in placed.items() if s != split and counts[s] > sizes.get(k, 1)]
+        if not movable:
+            continue
+        key = min(movable, key=lambda k: (sizes.get(k, 1), target[placed[k]] - counts[placed[k]], path_unit(k), k))
+        counts[placed[key]] -= sizes.get(key, 1)
+        counts[split] += sizes.get(key, 1)
+        placed[key] = split
 
 
 def plan_splits(
@@ -152,9 +190,13 @@ def plan_splits(
             f"{len(unsplit)} images without a stored split: train/val/test {train:g}/{val:g}/{test:g} per class"
         )
     if present:
-        notes.insert(0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present))
+        notes.insert(
+            0, "stored splits: " + ", ".join(f"{s} {int(np.sum(stored == s))}" for s in SPLITS if s in present)
+        )
     if require_train and present and "train" not in present and not len(unsplit):
-        raise PipelineError("the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV")
+        raise PipelineError(
+            "the cache's stored splits hold no train images; add a train/ folder or train rows to the CSV"
+        )
     if present and "val" not in present:
         carve = np.flatnonzero(stored == "train")
         share = val / (train + val) if val > 0 else DEFAULT_FRACTIONS[1] / sum(DEFAULT_FRACTIONS[:2])
@@ -172,12 +214,17 @@ def plan_splits(
     for carving, rows, shares in sorted(groups, key=lambda group: not group[0]):
         allowed = {split for split, s in zip(SPLITS, shares) if s > 0}
         for label in np.unique(labels[rows]):
-            members = list(dict.fromkeys(keys[r] for r in rows[labels[rows] == label]))
+            images = Counter(keys[r] for r in rows[labels[rows] == label])  # rows per content key
+            members = list(images)
             known = {**remembered, **decisions} if carving else {**remembered, **fixed, **decisions}
             known.update(_twin_splits(members, twin_of, known))
             kept = {k: known[k] for k in members if known.get(k) in allowed}
-            leaders = list(dict.fromkeys(twin_of.get(k, k) for k in members if k not in kept))
-            placed = fill_quotas(leaders, list(kept.values()), shares)
+            sizes = Counter()  # each undecided group's leader stands for all its images in this class
+            for k in members:
+                if k not in kept:
+                    sizes[twin_of.get(k, k)] += images[k]
+            decided = [split for k, split in kept.items() for _ in range(images[k])]
+            placed = fill_quotas(list(sizes), decided, shares, sizes)
             decisions.update({**kept, **{k: placed[twin_of.get(k, k)] for k in members if k not in kept}})
     for row, key in enumerate(keys):
         if not stored[row] or (stored[row] == "train" and "val" not in present):
@@ -208,98 +255,15 @@ def _stored_by_key(keys: Sequence[str], stored: np.ndarray) -> tuple[dict[str, s
     return fixed, straddling
 
 
-def memory_path(cache_path: str | os.PathLike) -> Path:
-    """Where the split decisions for a cache are remembered: ``CACHE.splits.json`` beside it."""
-    cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".splits.json")
-
-
-def _same_fractions(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) == len(b) and all(round(float(x), 9) == round(float(y), 9) for x, y in zip(a, b))
-
-
-def _assignments(path: Path, key_of_path: dict[str, str] | None = None) -> list[dict]:
-    """Every remembered assignment ``{"fractions": [...], "splits": {content key: split}}``.
-
-    A version-1 file (one assignment keyed by path) is read through ``key_of_path``; paths the
-    cache no longer holds are dropped. A missing or damaged file has none.
-    """
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(payload, dict):
-        return []
-    if payload.get("version") == 1 and isinstance(payload.get("splits"), dict):
-        mapping = key_of_path or {}
-        by_key = {mapping[p]: s for p, s in payload["splits"].items() if p in mapping}
-        payload = {"assignments": [{"fractions": payload.get("fractions", []), "splits": by_key}]}
-    elif payload.get("version") != MEMORY_VERSION:
-        return []
-    found = []
-    for item in payload.get("assignments") or []:
-        if isinstance(item, dict) and isinstance(item.get("splits"), dict) and isinstance(item.get("fractions"), list):
-            found.append({"fractions": item["fractions"], "splits": {str(k): str(s) for k, s in item["splits"].items() if s in SPLITS}})
-    return found
-
-
-def read_memory(path: Path, fractions: Sequence[float], key_of_path: dict[str, str] | None = None) -> dict[str, str]:
-    """Decisions remembered for these ``fractions``, by content key; none when the file is missing or damaged."""
-    for item in _assignments(path, key_of_path):
-        if _same_fractions(item["fractions"], fractions):
-            return item["splits"]
-    return {}
-
-
-def write_memory(
-    path: Path, fractions: Sequence[float], decisions: dict[str, str], key_of_path: dict[str, str] | None = None
-) -> str | None:
-    """Remember ``decisions`` for ``fractions`` atomically, keeping the assignments of other fractions;
-    returns a warning instead of failing where the folder is read-only."""
-    others = [item for item in _assignments(path, key_of_path) if not _same_fractions(item["fractions"], fractions)]
-    mine = {"fractions": [float(f) for f in fractions], "splits": dict(sorted(decisions.items()))}
-    payload = {"version": MEMORY_VERSION, "assignments": [*others, mine]}
-    text = json.dumps(payload, ensure_ascii=False, indent=0)
-    try:
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            return None
-        atomic.write_text(path, text, errors="surrogateescape")
-    except OSError as error:
-        return f"could not remember the splits in {path} ({error.strerror or error}); adding images later may move some"
-    return None
-
-
-class _Embeddings:
-    """The cache's pooled embeddings and thumbnails, read once for both the twins and the leakage check,
-    and only on caches small enough for them (None above ``MAX_IMAGES``)."""
-
-    def __init__(self, cache: FeatureCache) -> None:
-        self.cache = cache
-        self._loaded: tuple | None = None
-
-    def get(self) -> tuple | None:
-        from pipeline.health.embeddings import pooled, unit_rows
-        from pipeline.health.leakage import MAX_IMAGES
-        from pipeline.health.pixels import Thumbnails
-
-        if len(self.cache) > MAX_IMAGES or len(self.cache) < 2:
-            return None
-        if self._loaded is None:
-            self._loaded = (unit_rows(pooled(self.cache)), Thumbnails(self.cache.data_root, self.cache.paths))
-        return self._loaded
-
-
-def near_duplicate_twins(embeddings: _Embeddings, keys: Sequence[str]) -> list[list[str]]:
-    """Content keys of near-duplicate groups by the audit's rule (re-encoded, resized, cropped copies),
-    on caches small enough for the leakage check; a group whose images are one content is left out."""
+def near_duplicate_twins(thumbnails: Thumbnails, keys: Sequence[str]) -> list[list[str]]:
+    """Content keys of near-duplicate groups found in pixels alone (re-encoded, resized, cropped copies),
+    so that every cache of the same images finds the same twins; a group of one content is left out."""
     from pipeline.health import duplicates
 
-    loaded = embeddings.get()
-    if loaded is None:
+    if len(keys) > MAX_IMAGES or len(keys) < 2:
         return []
-    unit, thumbnails = loaded
-    pairs = duplicates.near_duplicates(unit, list(keys), thumbnails)
-    groups = duplicates.groups(pairs, len(unit))
+    pairs = duplicates.near_duplicates(None, list(keys), thumbnails)
+    groups = duplicates.groups(pairs, len(keys))
     return [sorted({keys[i] for i in group}) for group in groups if len({keys[i] for i in group}) > 1]
 
 
@@ -325,17 +289,24 @@ def plan_cache_splits(
             f"{cache.path}: only {len(cache.class_names)} class ({', '.join(cache.class_names)}); "
             "a classifier needs at least 2 class folders; add another class and run extract again"
         )
-    memory = memory_path(cache.path)
     keys = [record.content_hash for record in cache.records()]
-    key_of_path = dict(zip(cache.paths, keys))
-    remembered = read_memory(memory, fractions, key_of_path)
+    memory = SplitMemory.of(cache.path, cache.data_root, dict(zip(cache.paths, keys)))
+    remembered, memory_notes = memory.read(fractions)
     undecided = any(key not in remembered for key, split in zip(keys, cache.splits) if not split)
-    embeddings = _Embeddings(cache)
-    twins = near_duplicate_twins(embeddings, keys) if undecided else []  # only new images are placed by their twins
+    thumbnails = Thumbnails(cache.data_root, cache.paths)
+    twins = near_duplicate_twins(thumbnails, keys) if undecided else []  # only new images are placed by their twins
     plan, decisions = plan_splits(
-        cache.paths, cache.labels, cache.splits, fractions, remembered, keys=keys, twins=twins, require_train=for_training
+        cache.paths,
+        cache.labels,
+        cache.splits,
+        fractions,
+        remembered,
+        keys=keys,
+        twins=twins,
+        require_train=for_training,
     )
-    others = [item["fractions"] for item in _assignments(memory, key_of_path) if not _same_fractions(item["fractions"], fractions)]
+    plan.notes.extend(memory_notes)
+    others = memory.other_fractions(fractions)
     if not remembered and others and decisions:
         shown = "; ".join(",".join(f"{f:g}" for f in item) for item in others)
         plan.notes.append(
@@ -343,13 +314,11 @@ def plan_cache_splits(
             f"runs on {shown}, whose splits stay remembered for them)"
         )
     if decisions and remember:
-        warning = write_memory(memory, fractions, {**remembered, **decisions}, key_of_path)
-        plan.notes.append(warning or f"decided splits remembered in {memory}")
+        plan.notes.append(memory.write(fractions, {**remembered, **decisions}))
     if check_leakage:
         from pipeline.health.leakage import leakage_notes
 
-        unit, thumbnails = embeddings.get() or (None, None)
-        plan.notes.extend(leakage_notes(cache, plan.splits, unit=unit, thumbnails=thumbnails))
+        plan.notes.extend(leakage_notes(cache, plan.splits, thumbnails=thumbnails))
     if not for_training:
         return plan
     for split in ("train", "val"):

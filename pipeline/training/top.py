@@ -49,8 +49,8 @@ def saved_top(recipe: Recipe, runs_dir: Path) -> Path:
 class FrozenTop:
     """The top block run over cached maps, for heads that train on the backbone's output."""
 
-    def __init__(self, recipe: Recipe) -> None:
-        self.model = build_recipe_top(recipe)
+    def __init__(self, recipe: Recipe, weights: str | None = None) -> None:
+        self.model = build_recipe_top(recipe, weights)
         self.model.trainable = False
 
     def __call__(self, maps: np.ndarray) -> np.ndarray:

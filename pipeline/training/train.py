@@ -20,9 +20,11 @@ import numpy as np
 from classifiers import get_head
 from features_cache.reader import FeatureCache
 from pipeline.errors import PipelineError
+from pipeline.health.pixels import Thumbnails
 from pipeline.memory import available_memory
 from pipeline.progress import bar
 from pipeline.training import runs
+from pipeline.training.cv import cross_validate, twin_groups
 from pipeline.training.metrics import evaluate
 from pipeline.training.settings import expand
 from pipeline.training.splits import DEFAULT_FRACTIONS, plan_cache_splits
@@ -49,6 +51,7 @@ class TrainOptions:
     class_weight: str = "none"
     load: str = "auto"
     views: tuple[str, ...] = ()  # cached augmented views training draws from (``extract --views``)
+    cv: int = 0  # ``--cv K``: out-of-fold accuracy over K grouped, stratified folds of train + val (0: none)
 
 
 @dataclasses.dataclass
@@ -126,7 +129,9 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             features.flags.writeable = False  # shared by every run: the Keras heads standardise them once
         labels = {split: class_labels(cache, rows) for split, rows in indices.items()}
         train_content = runs.content_keys(cache, indices["train"])
+        scored_on = runs.scored_key(runs.content_keys(cache, indices["test" if "test" in indices else "val"]))
         views = training_views(cache, options, head_cls, indices["train"], in_memory, top)
+        folds = cv_inputs(cache, indices, data, top) if options.cv else None
         for params in grid:
             name, folder = runs.new_run_folder(runs_dir, run_name(options, params, varying, stamp), options.name is not None)
             started = time.perf_counter()
@@ -143,11 +148,33 @@ def run_train(options: TrainOptions, on_plan=None) -> Iterator[RunResult]:
             config = runs.run_config(cache, head, name, in_memory, plan, fit_seconds, seed=options.seed, fractions=options.fractions)
             if options.views:
                 config["views"] = list(options.views)
+            if folds is not None:
+                X, y, groups = folds
+                config[runs.CV_KEY] = cross_validate(
+                    lambda params=params: head_cls(**params), X, y, cache.class_names, groups, options.cv, options.seed
+                )
             if has_top(cache.recipe):
                 config[TOP_KEY] = {"layer": cache.recipe.layer, "block": "frozen" if top is not None else "fine-tuned"}
             yield RunResult(name, folder, runs.write_run(
-                runs_dir, folder, head, config, metrics, cache, indices, probas, train_content
+                runs_dir, folder, head, config, metrics, cache, indices, probas, train_content, scored_on
             ))
+
+
+def cv_inputs(
+    cache: FeatureCache, indices: dict[str, np.ndarray], data: dict[str, np.ndarray] | None, top: FrozenTop | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, class names and fold groups of train + val for ``--cv``: the features already in memory
+    (read once here when training streams), groups by content and pixel near-duplicates."""
+    rows = np.concatenate([indices["train"], indices["val"]])
+    if data is not None:
+        X = np.concatenate([data["train"], data["val"]])
+    else:
+        X = load_features(cache, rows, "train and val (--cv)")
+        X = X if top is None else top(X)
+    records = cache.records()
+    keys = [records[int(r)].content_hash for r in rows]
+    groups = twin_groups(keys, Thumbnails(cache.data_root, [cache.paths[int(r)] for r in rows]))
+    return X, class_labels(cache, rows), groups
 
 
 def selection_warnings(grid: list[dict[str, Any]], held_out: tuple[str, ...]) -> list[str]:
