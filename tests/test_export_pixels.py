@@ -29,7 +29,7 @@ def serve(root: Path, resize: str) -> dict:
     images = root / "new"
     for i, (width, height) in enumerate(SIZES * 2):
         pixels = np.asarray(photo(width, height, seed=500 + i)).astype(np.int16)
-        pixels[..., i % 3] += 60  # lean towards one class or another
+        pixels[..., i % 3] += 90  # lean towards one class or another, clearly: the test is about pixels, not borderline images
         save(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), images / f"{i:02d}_{width}x{height}.jpg", "JPEG", quality=92)
     out = root / "p.csv"
     assert main(["predict", "lr", str(images), "--runs-dir", str(root / "runs"), "--out", str(out)]) == 0
@@ -66,8 +66,4 @@ def test_exported_probabilities_match_predict(served, decoded):
 
 @pytest.mark.parametrize("decoded", ["full", "stage_one"])
 def test_exported_model_picks_the_same_class_for_every_image(served, decoded):
-    """Wherever predict's top two classes are further apart than the pixels' tolerance could close."""
-    top_two = np.sort(served["expected"], axis=1)[:, -2:]
-    clear = top_two[:, 1] - top_two[:, 0] > 2 * TOLERANCE[decoded, served["resize"]]
-    assert clear.sum() >= len(clear) // 2
-    assert (served[decoded].argmax(axis=1) == served["expected"].argmax(axis=1))[clear].all()
+    assert (served[decoded].argmax(axis=1) == served["expected"].argmax(axis=1)).all()
