@@ -84,14 +84,11 @@ def survey(cache_path: str | os.PathLike, listed: set[Path], owner: Owner | None
     ``owner`` is the committed index's identity (None for an index without one, or none at all):
     its shards from a committed generation are garbage. Every segment no index names is garbage (a
     segment is written only by a commit, and one that lost is rewritten by the next)."""
-    from features_cache.segments import segment_files
-    from features_cache.shards import shard_files
-
     cache_path = Path(cache_path)
     folder = schema.shards_dir(cache_path)
     foreign = named_by_others(cache_path)
     result = Survey(folder, {}, [], [])
-    for path in sorted([*segment_files(cache_path), *shard_files(cache_path)]):
+    for path in sorted(_named_files(folder)):
         resolved = path.resolve()
         if resolved in listed:
             continue
@@ -108,6 +105,13 @@ def survey(cache_path: str | os.PathLike, listed: set[Path], owner: Owner | None
         else:
             result.orphans.append(path)
     return result
+
+
+def _named_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` named like segments or shards (a folder so named is no file of a cache)."""
+    if not folder.is_dir():
+        return []
+    return [path for pattern in ("segment-*.h5", "shard-*.h5") for path in folder.glob(pattern) if path.is_symlink() or path.is_file()]
 
 
 def named_by_others(cache_path: Path) -> dict[Path, str]:
