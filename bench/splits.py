@@ -1,8 +1,8 @@
-"""Before/after figures of issue 31 on small generated sets (32-48 px, ``--weights none``): leakage counts,
+"""Splits, leakage and quota figures on small generated sets (32-48 px, ``--weights none``): leakage counts,
 split quotas with near-duplicate groups, the splits of three caches of one set of images, and
 ``predict`` of a frozen-top run against the run's own probabilities.
 
-    PYTHONPATH=<checkout> python -m bench.splits_issue31 --out /tmp/issue31
+    PYTHONPATH=<checkout> python -m bench.splits --out /tmp/splits
 
 Runs on any checkout (main before the fix, or after), in-process, in about a minute on 2 cores.
 """
@@ -167,7 +167,7 @@ def frozen_top(root: Path) -> None:
 
 def main_(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out/issue31")
+    parser.add_argument("--out", default="bench-out/splits")
     out = Path(parser.parse_args(argv).out)
     shutil.rmtree(out, ignore_errors=True)
     leakage(out / "leakage")
