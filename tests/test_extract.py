@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -416,6 +417,9 @@ def test_non_finite_features_are_refused_naming_the_image(photos, tmp_path):
     weights = tmp_path / "huge.weights.h5"
     model.save_weights(weights)
     cache_path = tmp_path / "features.h5"
-    with pytest.raises(PipelineError, match=r"\.jpg: the backbone produced non-finite features"):
+    with pytest.raises(PipelineError, match=r"\.jpg: the backbone produced non-finite features") as raised:
         run_extract(options(photos, cache_path, weights))
     assert not cache_path.exists()
+    # the failed run joined its decoding threads itself (the traceback still holds its frames): left to a garbage
+    # collection, that clean-up once ran inside threading's own lock as another thread started, and hung the process
+    assert raised.traceback and not [t.name for t in threading.enumerate() if t.name.startswith("decode")]

@@ -5,6 +5,7 @@ written on the writer's thread)."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,10 @@ def extract_locally(
         from pipeline.extraction.device_decode import iter_device_batches
 
         batches = iter_device_batches(todo, spec, options.batch_size, options.workers)
+    # closed here, never by the garbage collector: its clean-up joins decoding threads, and a collection
+    # that runs inside threading's own locks (a thread starting elsewhere) would then wait on itself forever
     try:
-        with progress.bar("extracting", total=len(todo)) as advance:
+        with closing(batches), progress.bar("extracting", total=len(todo)) as advance:
             for batch in batches:
                 # dispatched, not awaited: the next batch is decoded and sent while this one runs
                 features = backbone.predict(backbone.to_device(batch.images)) if batch.count else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -193,13 +194,14 @@ def run_predict(
     spec = ResizeSpec(recipe.image_size, recipe.resize, recipe.interpolation, max_pixels)
     batches, note = decoded_batches(tasks, recipe, spec, batch_size, workers)
     paths, parts, skipped, seen = [], [], [], []
-    for batch in batches:
-        skipped.extend(batch.skipped)
-        if batch.count:
-            features = model.features(batch.images)[: batch.count]
-            parts.append(model.probabilities(features))
-            paths.extend(record.path for record in batch.records)
-            seen.extend(record.content_hash[:CONTENT_KEY_DIGITS] in model.trained_content for record in batch.records)
+    with closing(batches):  # the decoding threads are joined here, not by a garbage collection (see local_engine)
+        for batch in batches:
+            skipped.extend(batch.skipped)
+            if batch.count:
+                features = model.features(batch.images)[: batch.count]
+                parts.append(model.probabilities(features))
+                paths.extend(record.path for record in batch.records)
+                seen.extend(record.content_hash[:CONTENT_KEY_DIGITS] in model.trained_content for record in batch.records)
     if any(seen) and not include_seen:
         raise PipelineError(
             f"{sum(seen)} of the {len(seen)} images have the same content as training images of run "
